@@ -1,0 +1,549 @@
+"""Typed schema of ``params.yaml``; every stage validates the whole file before any compute.
+
+An unknown key, a misspelled key, a wrong type or an out-of-range value raises :class:`ConfigError`, whose message names
+the dotted key, what was given, what is allowed, and (for typos) the closest valid key. Per-method settings are a deep
+merge of the suite's ``train`` section with ``method_params.<method>``; the merged result is validated too, so a bad
+override is caught even for methods that the current stage does not run.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+METHODS = ("ce", "energy", "oe", "oe_grad", "dos", "greg", "greg_plus")
+TRAIN_METHODS = ("energy", "oe", "oe_grad", "dos", "greg", "greg_plus")
+ARCHS = ("small_cnn", "wrn40_2", "densenet100", "densenet101", "resnet18", "densenet121")
+SCORES = ("energy", "msp", "max_logit", "odin", "mahalanobis", "absent_class")
+SUITES = ("mini", "cifar10", "cifar100", "imagenet")
+#: methods whose loss uses auxiliary outliers
+AUX_METHODS = ("energy", "oe", "oe_grad", "dos", "greg", "greg_plus")
+#: methods that pick their auxiliary batch by energy-based clustering (the others draw it at random)
+CLUSTER_METHODS = ("dos", "greg_plus")
+
+
+class ConfigError(ValueError):
+    """A problem in params.yaml (or a value derived from it); the message names the key and the fix."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------------------- sections
+class ProjectCfg(_Model):
+    device: str = "auto"
+    deterministic: bool = True
+    num_threads: int = Field(0, ge=0)
+    data_dir: str = "data"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("must be one of auto, cpu, cuda, cuda:N, mps")
+
+
+class MlflowCfg(_Model):
+    experiment_prefix: str = "greg-ood"
+    log_every: int = Field(10, ge=1)
+
+
+class OptimizerCfg(_Model):
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+
+
+class ScheduleCfg(_Model):
+    name: Literal["cosine", "step", "constant"] = "cosine"
+    #: cosine: multiplier 1 -> final_factor, stepped per iteration (energy_ood / the official GReg code use 1e-6/lr)
+    final_lr: float = Field(1e-6, ge=0)
+    #: step: multiply by gamma at these epochs
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0, le=1)
+
+    @field_validator("milestones")
+    @classmethod
+    def _sorted(cls, v: list[int]) -> list[int]:
+        if any(m <= 0 for m in v) or v != sorted(v):
+            raise ValueError("must be positive epochs in increasing order")
+        return v
+
+
+class LossCfg(_Model):
+    lambda_energy: float = Field(0.1, ge=0)
+    lambda_grad: float = Field(1.0, ge=0)
+    m_in: float = -25.0
+    m_out: float = -7.0
+    reduction: Literal["official", "per_sample"] = "official"
+    grad_space: Literal["normalized", "pixel"] = "normalized"
+    routing: Literal["joint", "split"] = "joint"
+    lambda_oe: float = Field(0.5, ge=0)
+    lambda_abs: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _margins(self) -> "LossCfg":
+        if not self.m_in < self.m_out:
+            raise ValueError(f"m_in ({self.m_in}) must be < m_out ({self.m_out}): ID energies are pushed below m_in "
+                             "and outlier energies above m_out")
+        return self
+
+
+class SamplingCfg(_Model):
+    #: candidates scored per step: C = pool / |D_in| * B (the official rule) unless candidate_batch is set
+    pool: Union[Literal["all"], int] = "all"
+    candidate_batch: Optional[int] = Field(None, gt=0)
+    n_clusters: int = Field(64, gt=0)
+    start: int = Field(0, ge=0)
+    stop: Optional[int] = Field(None, gt=0)
+    normalization: Literal["norm", "normBatch", "normFeature", "latent"] = "norm"
+    n_init: int = Field(3, gt=0)
+    two_way: bool = True
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, v):
+        if isinstance(v, int) and v <= 0:
+            raise ValueError("must be 'all' or a positive integer")
+        return v
+
+    @model_validator(mode="after")
+    def _window(self) -> "SamplingCfg":
+        if self.stop is not None and self.stop <= self.start:
+            raise ValueError(f"stop ({self.stop}) must be > start ({self.start})")
+        return self
+
+
+class TrainCfg(_Model):
+    init: Literal["pretrained", "scratch"] = "pretrained"
+    epochs: int = Field(20, gt=0)
+    #: cap on steps per epoch (None = a full pass over the ID training set); for short CI / smoke runs
+    steps_per_epoch: Optional[int] = Field(None, gt=0)
+    batch_size: int = Field(64, gt=0)
+    #: auxiliary rows per step for random-sampling methods (None = batch_size)
+    aux_batch_size: Optional[int] = Field(None, gt=0)
+    optimizer: OptimizerCfg = Field(default_factory=OptimizerCfg)
+    schedule: ScheduleCfg = Field(default_factory=ScheduleCfg)
+    loss: LossCfg = Field(default_factory=LossCfg)
+    sampling: SamplingCfg = Field(default_factory=SamplingCfg)
+    checkpoint_every: int = Field(200, gt=0)
+    #: every N steps also measure the true mean ||grad_x E|| on the batch (eval-mode BN); 0 = off
+    gradnorm_every: int = Field(50, ge=0)
+    #: multi-process training: number of processes for torchrun (1 = plain single process)
+    nproc: int = Field(1, ge=1)
+    sync_batchnorm: bool = False
+
+
+class PretrainCfg(_Model):
+    epochs: int = Field(100, gt=0)
+    steps_per_epoch: Optional[int] = Field(None, gt=0)
+    batch_size: int = Field(128, gt=0)
+    optimizer: OptimizerCfg = Field(default_factory=OptimizerCfg)
+    schedule: ScheduleCfg = Field(default_factory=ScheduleCfg)
+    seed: int = 0
+    checkpoint_every: int = Field(500, gt=0)
+
+
+class SetRef(_Model):
+    dataset: str
+    split: str = "test"
+    classes: Optional[list[int]] = None
+    #: evaluate at most this many images (seeded subset); None = the whole set
+    max_count: Optional[int] = Field(None, gt=0)
+
+
+class OodSet(SetRef):
+    name: str
+
+
+class IdRef(_Model):
+    dataset: str
+    classes: Optional[list[int]] = None
+    train_split: str = "train"
+    test_split: str = "test"
+
+
+class AuxRef(_Model):
+    dataset: str
+    split: str = "train"
+
+
+class AugmentCfg(_Model):
+    crop_padding: int = Field(4, ge=0)
+    flip: bool = True
+
+
+class DataCfg(_Model):
+    id: IdRef
+    aux: AuxRef
+    ood: list[OodSet] = Field(min_length=1)
+    headline_set: Optional[str] = None
+    augment: AugmentCfg = Field(default_factory=AugmentCfg)
+    #: "id_train" = per-channel statistics of the ID training split; or explicit values
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataCfg":
+        names = [o.name for o in self.ood]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate OOD set names {sorted(dup)}")
+        if self.headline_set is not None and self.headline_set not in names:
+            raise ValueError(f"headline_set {self.headline_set!r} is not one of the OOD sets {names}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither (then the ID training statistics are used)")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
+class OdinCfg(_Model):
+    temperature: float = Field(1000.0, gt=0)
+    epsilon: float = Field(0.0014, ge=0)
+
+
+class EvalCfg(_Model):
+    scores: list[Literal[SCORES]] = Field(default_factory=lambda: ["energy", "msp", "max_logit"], min_length=1)
+    primary: Literal[SCORES] = "energy"
+    positive: Literal["id", "ood"] = "id"
+    fpr_rule: Literal["closest", "quantile"] = "closest"
+    tpr: float = Field(0.95, gt=0, lt=1)
+    batch_size: int = Field(512, gt=0)
+    odin: OdinCfg = Field(default_factory=OdinCfg)
+    #: ID training images used to fit Mahalanobis statistics
+    mahalanobis_fit_count: int = Field(10000, gt=0)
+
+    @model_validator(mode="after")
+    def _primary(self) -> "EvalCfg":
+        if self.primary not in self.scores:
+            raise ValueError(f"primary score {self.primary!r} must be listed in scores {self.scores}")
+        return self
+
+
+class SelectCfg(_Model):
+    #: size of the auxiliary subset kept for training: "all" keeps the whole pool (the paper's behaviour)
+    size: Union[Literal["all"], int] = "all"
+    n_clusters: int = Field(1000, gt=0)
+    normalization: Literal["norm", "normBatch", "normFeature", "latent"] = "norm"
+    n_init: int = Field(1, gt=0)
+    two_way: bool = True
+    batch_size: int = Field(1024, gt=0)
+    seed: int = 0
+
+
+class AblationCfg(_Model):
+    method: Literal[TRAIN_METHODS] = "greg"
+    arch: Optional[str] = None
+    lambda_grad: list[float] = Field(default_factory=list)
+    seeds: Optional[list[int]] = None
+
+    @field_validator("lambda_grad")
+    @classmethod
+    def _nonneg(cls, v: list[float]) -> list[float]:
+        if any(x < 0 for x in v):
+            raise ValueError("lambda_grad values must be >= 0")
+        return v
+
+
+class GradAblationCfg(_Model):
+    #: pairs (method without, method with the gradient term) shown side by side in the report
+    pairs: list[tuple[Literal[TRAIN_METHODS], Literal[TRAIN_METHODS]]] = Field(
+        default_factory=lambda: [("energy", "greg"), ("oe", "oe_grad")])
+
+
+class CertifyCfg(_Model):
+    methods: list[Literal[TRAIN_METHODS]] = Field(default_factory=lambda: ["energy", "greg"])
+    eps: float = Field(1.0, gt=0)
+    count: int = Field(500, gt=0)
+    batch_size: int = Field(128, gt=0)
+
+
+class SuiteCfg(_Model):
+    data: DataCfg
+    num_classes: int = Field(gt=1)
+    in_channels: int = Field(3, gt=0)
+    archs: list[Literal[ARCHS]] = Field(min_length=1)
+    arch_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    methods: list[Literal[TRAIN_METHODS]] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    pretrain: PretrainCfg = Field(default_factory=PretrainCfg)
+    select: SelectCfg = Field(default_factory=SelectCfg)
+    train: TrainCfg = Field(default_factory=TrainCfg)
+    method_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    eval: EvalCfg = Field(default_factory=EvalCfg)
+    ablation: AblationCfg = Field(default_factory=AblationCfg)
+    grad_ablation: GradAblationCfg = Field(default_factory=GradAblationCfg)
+    certify: CertifyCfg = Field(default_factory=CertifyCfg)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("seeds must be distinct")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "SuiteCfg":
+        unknown = set(self.arch_options) - set(ARCHS)
+        if unknown:
+            raise ValueError(f"arch_options has unknown architectures {sorted(unknown)}; allowed: {list(ARCHS)}")
+        unknown = set(self.method_params) - set(TRAIN_METHODS)
+        if unknown:
+            raise ValueError(f"method_params has unknown methods {sorted(unknown)}; allowed: {list(TRAIN_METHODS)}")
+        if self.ablation.arch is not None and self.ablation.arch not in self.archs:
+            raise ValueError(f"ablation.arch {self.ablation.arch!r} is not in archs {self.archs}")
+        for a, b in self.grad_ablation.pairs:
+            for m in (a, b):
+                if m not in self.methods:
+                    raise ValueError(f"grad_ablation pair method {m!r} is not trained by this suite (methods: "
+                                     f"{self.methods}); add it to methods or remove the pair")
+        for m in self.certify.methods:
+            if m not in self.methods:
+                raise ValueError(f"certify method {m!r} is not in methods {self.methods}")
+        return self
+
+
+class Params(_Model):
+    project: ProjectCfg = Field(default_factory=ProjectCfg)
+    mlflow: MlflowCfg = Field(default_factory=MlflowCfg)
+    #: per-dataset preparation options (see greg_ood.data); keys are dataset names
+    datasets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    suites: dict[str, SuiteCfg]
+
+    @field_validator("suites")
+    @classmethod
+    def _suites(cls, v: dict[str, SuiteCfg]) -> dict[str, SuiteCfg]:
+        bad = set(v) - set(SUITES)
+        if bad:
+            raise ValueError(f"unknown suites {sorted(bad)}; allowed: {list(SUITES)}")
+        return v
+
+
+# ------------------------------------------------------------------------------------------------ resolved configs
+class Experiment(_Model):
+    """One training run, fully resolved: what the train / evaluate stages of one matrix item see."""
+
+    suite: str
+    method: Literal[TRAIN_METHODS]
+    arch: str
+    seed: int
+    group: Literal["main", "ablation"] = "main"
+    train: TrainCfg
+
+    @property
+    def name(self) -> str:
+        return experiment_name(self.suite, self.method, self.arch, self.seed,
+                               self.train.loss.lambda_grad if self.group == "ablation" else None)
+
+
+def experiment_name(suite: str, method: str, arch: str, seed: int, ablation_lambda: Optional[float] = None) -> str:
+    name = f"{suite}-{method}-{arch}-s{seed}"
+    if ablation_lambda is not None:
+        name += f"-lg{format_lambda(ablation_lambda)}"
+    return name
+
+
+def format_lambda(x: float) -> str:
+    return ("%g" % x).replace("+", "")
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (override or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+#: defaults every method starts from before the suite's train section and its method_params are merged in
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "energy": {"loss": {"lambda_grad": 0.0}},
+    "oe": {"loss": {"lambda_grad": 0.0, "lambda_energy": 0.0}},
+    "oe_grad": {"loss": {"lambda_energy": 0.0}},
+    "dos": {"loss": {"lambda_grad": 0.0, "lambda_energy": 0.0}},
+    "greg": {},
+    "greg_plus": {},
+}
+
+
+class Config:
+    """Validated params plus the resolution rules (suite -> method -> experiment)."""
+
+    def __init__(self, params: Params, raw: dict, path: Path):
+        self.params = params
+        self.raw = raw
+        self.path = path
+
+    # ---- lookups
+    def suite(self, name: str) -> SuiteCfg:
+        if name not in self.params.suites:
+            raise ConfigError(f"{self.path}: suite {name!r} is not defined under `suites`; defined: "
+                              f"{sorted(self.params.suites)}")
+        return self.params.suites[name]
+
+    def train_cfg(self, suite: str, method: str, lambda_grad: Optional[float] = None) -> TrainCfg:
+        """suites.<suite>.train  <-  the method's defining settings (METHOD_DEFAULTS)  <-  method_params.<method>."""
+        s = self.suite(suite)
+        override = s.method_params.get(method, {})
+        merged = deep_merge(s.train.model_dump(exclude_unset=True), METHOD_DEFAULTS.get(method, {}))
+        merged = deep_merge(merged, override)
+        if lambda_grad is not None:
+            merged = deep_merge(merged, {"loss": {"lambda_grad": lambda_grad}})
+        try:
+            return TrainCfg.model_validate(merged)
+        except ValidationError as e:
+            in_override = all(_has(override, err["loc"]) for err in e.errors())
+            prefix = f"suites.{suite}.method_params.{method}" if in_override else \
+                f"suites.{suite}.train (as merged with method_params.{method})"
+            raise ConfigError(_format_errors(e, prefix, merged, self.path, TrainCfg)) from None
+
+    def experiment(self, suite: str, method: str, arch: str, seed: int,
+                   ablation_lambda: Optional[float] = None) -> Experiment:
+        s = self.suite(suite)
+        if arch not in s.archs:
+            raise ConfigError(f"{self.path}: suites.{suite}.archs does not list {arch!r} (has {s.archs})")
+        if ablation_lambda is None and method not in s.methods:
+            raise ConfigError(f"{self.path}: suites.{suite}.methods does not list {method!r} (has {s.methods})")
+        group = "main" if ablation_lambda is None else "ablation"
+        return Experiment(suite=suite, method=method, arch=arch, seed=seed, group=group,
+                          train=self.train_cfg(suite, method, ablation_lambda))
+
+    def experiments(self, suite: str, include_ablation: bool = True) -> list[Experiment]:
+        s = self.suite(suite)
+        out = [self.experiment(suite, m, a, sd) for m in s.methods for a in s.archs for sd in s.seeds]
+        if include_ablation:
+            ab = s.ablation
+            arch = ab.arch or s.archs[0]
+            for lam in ab.lambda_grad:
+                for sd in (ab.seeds if ab.seeds is not None else s.seeds):
+                    out.append(self.experiment(suite, ab.method, arch, sd, ablation_lambda=lam))
+        return out
+
+    def dataset_options(self, name: str) -> dict[str, Any]:
+        return dict(self.params.datasets.get(name, {}))
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load(path: Union[str, Path] = "params.yaml") -> Config:
+    """Read and validate params.yaml; raise :class:`ConfigError` naming the key on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: not found. Run the stage from the repository root (where params.yaml lives).")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    return validate(raw, path)
+
+
+def validate(raw: dict, path: Union[str, Path] = "params.yaml") -> Config:
+    path = Path(path)
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, "", raw, path, Params)) from None
+    cfg = Config(params, raw, path)
+    # resolve every method of every suite now, so a bad override stops every stage before any compute
+    for sname, s in params.suites.items():
+        for m in set(s.methods) | set(s.method_params) | {s.ablation.method}:
+            cfg.train_cfg(sname, m)
+        for lam in s.ablation.lambda_grad:
+            cfg.train_cfg(sname, s.ablation.method, lam)
+    return cfg
+
+
+def _format_errors(e: ValidationError, prefix: str, raw: Any, path: Path, root: Any) -> str:
+    lines = [f"{path}: invalid parameters ({e.error_count()} problem{'s' if e.error_count() > 1 else ''}):"]
+    for err in e.errors():
+        loc = [str(x) for x in err["loc"] if not str(x).startswith(("function-", "literal["))]
+        key = ".".join(([prefix] if prefix else []) + loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(root, err["loc"])
+            hint = ""
+            bad = str(err["loc"][-1])
+            close = difflib.get_close_matches(bad, allowed, n=1, cutoff=0.6)
+            if not close:  # maybe it belongs one level deeper (e.g. train.lambda_grad -> train.loss.lambda_grad)
+                parent = _parent_model(root, err["loc"])
+                deeper = {p.rsplit(".", 1)[-1]: p for p in _all_paths(parent)} if parent is not None else {}
+                close = [deeper[c] for c in difflib.get_close_matches(bad, list(deeper), n=1, cutoff=0.75)]
+            if close:
+                hint = f" — did you mean {close[0]!r}?"
+            msg = f"unknown key{hint}" + (f" Allowed keys here: {', '.join(sorted(allowed))}." if allowed else "")
+        elif "input" in err and err["type"] != "missing":
+            msg += f" (got {err['input']!r})"
+        lines.append(f"  - {key}: {msg}")
+    return "\n".join(lines)
+
+
+def _has(d: Any, loc) -> bool:
+    cur = d
+    for k in loc:
+        if isinstance(cur, dict) and k in cur:
+            cur = cur[k]
+        elif isinstance(cur, list) and isinstance(k, int) and k < len(cur):
+            cur = cur[k]
+        else:
+            return False
+    return True
+
+
+def _all_paths(model: Any, prefix: str = "") -> list[str]:
+    out = []
+    for name, f in getattr(model, "model_fields", {}).items():
+        out.append(prefix + name)
+        inner = _inner_model(f.annotation)
+        if inner is not None and inner is not model:
+            out += _all_paths(inner, prefix + name + ".")
+    return out
+
+
+def _allowed_keys(root: Any, loc) -> list[str]:
+    """Field names of the model at the error's parent location (walks the schema from ``root``)."""
+    model = _parent_model(root, loc)
+    fields = getattr(model, "model_fields", None)
+    return list(fields) if fields else []
+
+
+def _parent_model(root: Any, loc) -> Any:
+    model: Any = root
+    for k in loc[:-1]:
+        if isinstance(k, int):
+            continue
+        fields = getattr(model, "model_fields", None)
+        if fields is None:
+            return None
+        if k in fields:  # else: a user-chosen name inside dict[str, Model]; stay on that model
+            model = _inner_model(fields[k].annotation)
+        if model is None:
+            return None
+    return model
+
+
+def _inner_model(ann: Any) -> Any:
+    import typing
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for a in typing.get_args(ann):
+        m = _inner_model(a)
+        if m is not None:
+            return m
+    return None
