@@ -1,0 +1,122 @@
+"""Wiring shared by the stage scripts: params -> device, data splits, sources, models. No math here."""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import config as C
+from . import data as D
+from . import models
+from .paths import Paths
+from .trainer import load_checkpoint, load_weights, resolve_device, set_determinism
+
+log = logging.getLogger("greg_ood")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+def load_config(path: str = "params.yaml") -> C.Config:
+    """Validate params.yaml; on error print the message (naming the key) and exit 2 before any compute."""
+    try:
+        return C.load(path)
+    except C.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def init_runtime(cfg: C.Config, seed: int) -> torch.device:
+    p = cfg.params.project
+    set_determinism(seed, p.deterministic, p.num_threads)
+    return resolve_device(p.device)
+
+
+def paths(cfg: C.Config) -> Paths:
+    return Paths(".", cfg.params.project.data_dir)
+
+
+@dataclass
+class SuiteData:
+    id_train: "D.ArraySplit"
+    id_test: "D.ArraySplit"
+    ood: dict
+    aux: Optional["D.ArraySplit"]
+    mean: list
+    std: list
+
+
+def suite_data(cfg: C.Config, suite: str, *, aux: bool = True, ood: bool = True) -> SuiteData:
+    s = cfg.suite(suite)
+    ddir = Path(cfg.params.project.data_dir)
+    d = s.data
+    id_train = D.load_split(ddir, d.id.dataset, d.id.train_split, classes=d.id.classes)
+    id_test = D.load_split(ddir, d.id.dataset, d.id.test_split, classes=d.id.classes)
+    mean = list(d.mean) if d.mean is not None else [float(x) for x in id_train.mean]
+    std = list(d.std) if d.std is not None else [float(x) for x in id_train.std]
+    ood_sets = {}
+    if ood:
+        for o in d.ood:
+            sp = D.load_split(ddir, o.dataset, o.split, classes=o.classes, relabel=False)
+            if o.max_count is not None and len(sp.images) > o.max_count:
+                idx = np.sort(np.random.RandomState(0).choice(len(sp.images), o.max_count, replace=False))
+                sp = D.subset(sp, idx)
+            ood_sets[o.name] = sp
+    aux_split = D.load_split(ddir, d.aux.dataset, d.aux.split) if aux else None
+    return SuiteData(id_train, id_test, ood_sets, aux_split, mean, std)
+
+
+def build_model(cfg: C.Config, suite: str, arch: str, method: str) -> torch.nn.Module:
+    s = cfg.suite(suite)
+    kw = dict(s.arch_options.get(arch, {}))
+    return models.build(arch, s.num_classes, in_channels=s.in_channels,
+                        extra_outputs=1 if method == "dos" else 0, **kw)
+
+
+def load_model(path: Path, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Load a stage's weights file (``{"model": state_dict, ...}``) strictly, with weights_only=True."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: model file missing; run the stage that produces it (`dvc repro`)")
+    ck = load_checkpoint(path, map_location="cpu")
+    load_weights(model, ck["model"])
+    return model.to(device)
+
+
+def id_source(sd: SuiteData, cfg: C.Config, suite: str, *, batch_size: int, seed: int, device, augment=True):
+    a = cfg.suite(suite).data.augment
+    return D.DeviceArraySource(sd.id_train.images, sd.id_train.labels, batch_size=batch_size, device=device,
+                               mean=sd.mean, std=sd.std, crop_padding=a.crop_padding if augment else 0,
+                               flip=a.flip and augment, seed=seed, stream="id")
+
+
+def candidate_batch_size(tcfg: C.TrainCfg, method: str, n_id: int, n_aux: int) -> int:
+    """Aux rows drawn per step: C = pool/|D_in|*B for the clustering methods (official rule), else B_aux."""
+    B = tcfg.batch_size
+    if method not in C.CLUSTER_METHODS:
+        return tcfg.aux_batch_size or B
+    s = tcfg.sampling
+    if s.candidate_batch:
+        return s.candidate_batch
+    pool = n_aux if s.pool == "all" else min(int(s.pool), n_aux)
+    return max(2 * B, int(pool / n_id * B))
+
+
+def aux_source(sd: SuiteData, cfg: C.Config, suite: str, *, batch_size: int, seed: int, device,
+               indices: Optional[np.ndarray] = None):
+    a = cfg.suite(suite).data.augment
+    imgs = sd.aux.images
+    if indices is not None and len(indices) < len(imgs):
+        imgs = imgs[np.asarray(indices)]
+    labels = np.full(len(imgs), -1, dtype=np.int64)
+    return D.DeviceArraySource(imgs, labels, batch_size=batch_size, device=device, mean=sd.mean, std=sd.std,
+                               crop_padding=a.crop_padding, flip=a.flip, seed=seed, stream="aux")
+
+
+def channel_std(sd: SuiteData) -> list:
+    return list(sd.std)

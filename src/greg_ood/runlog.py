@@ -1,0 +1,158 @@
+"""One training stage execution end to end (shared by the pretrain and train stages): open or resume the MLflow run,
+run the :class:`~greg_ood.trainer.Trainer`, keep the CSV curve and the MLflow metrics consistent with the checkpoint,
+and write the final weights.
+
+Consistency under kills: metric rows are buffered and written (CSV next to the checkpoint, MLflow batch) only right
+after a checkpoint is saved. After a SIGKILL the resumed run therefore continues exactly where both the weights and the
+logged curve stopped: no gaps, no duplicate steps. The CSV lives in the persistent checkpoint folder and is copied to
+its DVC out path at the end.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from . import tracking
+from .evaluation import id_accuracy
+from .trainer import Trainer, load_checkpoint, save_atomic
+
+log = logging.getLogger("greg_ood")
+
+CSV_FIELDS = ["step", "epoch", "lr", "ce", "energy", "grad", "total", "active_frac", "gradnorm_id", "gradnorm_aux",
+              "monitor_gradnorm_id", "monitor_gradnorm_aux", "id_test_acc"]
+
+
+class CsvLog:
+    """Append-only CSV of training metrics, truncated to a given step on resume."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as f:
+            keep = [r for r in csv.DictReader(f) if r.get("step") and int(float(r["step"])) <= step]
+        self._write(keep, mode="w")
+
+    def add(self, row: dict, step: int) -> None:
+        r = {k: row.get(k, "") for k in CSV_FIELDS}
+        r["step"] = step
+        self.rows.append(r)
+
+    def flush(self) -> None:
+        if self.rows:
+            self._write(self.rows, mode="a")
+            self.rows = []
+
+    def _write(self, rows: list[dict], mode: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = mode == "w" or not self.path.exists() or self.path.stat().st_size == 0
+        with open(self.path, mode, newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def run_training(cfg, *, name: str, stage: str, suite: str, model, method: str, tcfg, seed: int, id_source,
+                 aux_source, device, sd, ckpt_path: Path, out_path: Path, csv_path: Path, params: dict, meta: dict,
+                 channel_std=None, distributed=None) -> dict:
+    is_main = distributed is None or distributed.is_main
+    config_hash = tracking.params_hash({"params": params, "meta": meta})
+    ckpt_path = Path(ckpt_path)
+    run_id = None
+    resume_step = 0
+    if ckpt_path.exists():
+        try:
+            ck = load_checkpoint(ckpt_path)
+            if ck.get("config_hash") == config_hash:
+                run_id = ck.get("extra", {}).get("mlflow_run_id")
+                resume_step = int(ck.get("global_step", 0))
+                log.info("%s: resuming from %s (global step %d)", name, ckpt_path, resume_step)
+            else:
+                log.info("%s: parameters changed since %s was written; starting over", name, ckpt_path)
+        except Exception as e:  # noqa: BLE001 - unreadable checkpoint: start over, never crash on it
+            log.warning("%s: checkpoint %s unreadable (%s); starting over", name, ckpt_path, e)
+            ckpt_path.unlink(missing_ok=True)
+    work_csv = ckpt_path.with_suffix(".train.csv")
+    csvlog = CsvLog(work_csv)
+    if resume_step:
+        csvlog.truncate_after(resume_step)
+    elif work_csv.exists():
+        work_csv.unlink()
+
+    ctx = tracking.stage_run(stage, name, suite=suite, params=params if is_main else None, resume_run_id=run_id,
+                             experiment_prefix=cfg.params.mlflow.experiment_prefix, config_hash=config_hash) \
+        if is_main else _null_run()
+    with ctx as run:
+        pending: list[tuple[dict, int]] = []
+
+        def log_fn(row: dict, step: int) -> None:
+            pending.append((dict(row), step))
+            csvlog.add(row, step)
+
+        def on_save() -> None:  # called right after each checkpoint: publish what the checkpoint covers
+            for row, step in pending:
+                run.log_metrics(row, step)
+            run.flush()
+            csvlog.flush()
+            pending.clear()
+
+        def epoch_end(epoch: int, logs: dict) -> dict:
+            acc = id_accuracy(model.module if hasattr(model, "module") else model, sd.id_test, mean=sd.mean,
+                              std=sd.std, device=device)
+            log.info("%s: epoch %d done, ID test accuracy %.4f", name, epoch + 1, acc)
+            return {"id_test_acc": acc}
+
+        trainer = Trainer(model, method, tcfg, id_source=id_source, aux_source=aux_source, device=device, seed=seed,
+                          ckpt_path=ckpt_path, config_hash=config_hash, channel_std=channel_std, log=log_fn,
+                          log_every=cfg.params.mlflow.log_every, epoch_end=epoch_end,
+                          extra_state={"mlflow_run_id": getattr(run, "run_id", None)}, distributed=distributed,
+                          on_save=on_save)
+        result = trainer.fit()
+        on_save()
+        if is_main:
+            bare = model.module if hasattr(model, "module") else model
+            save_atomic({"model": bare.state_dict(), "meta": {**meta, "global_step": result.steps,
+                                                              "config_hash": config_hash}}, Path(out_path))
+            Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(work_csv, csv_path) if work_csv.exists() else Path(csv_path).write_text(
+                ",".join(CSV_FIELDS) + "\n")
+            run.log_metrics({"train_seconds": result.seconds, "train_steps": result.steps}, result.steps)
+            run.set_tags({"resumed_from": str(result.resumed_from)})
+            run.log_artifact(csv_path, "curves")
+            run.log_artifact(out_path, "model")
+            log.info("%s: %d steps in %.1f s -> %s", name, result.steps, result.seconds, out_path)
+        return {"steps": result.steps, "seconds": result.seconds, "resumed_from": result.resumed_from}
+
+
+class _NullRun:
+    run_id = None
+
+    def log_metrics(self, *a, **k):
+        pass
+
+    def flush(self):
+        pass
+
+    def set_tags(self, *a, **k):
+        pass
+
+    def log_artifact(self, *a, **k):
+        pass
+
+
+class _null_run:
+    def __enter__(self):
+        return _NullRun()
+
+    def __exit__(self, *exc):
+        return False

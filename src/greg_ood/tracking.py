@@ -1,0 +1,237 @@
+"""MLflow tracking: one run per stage execution, named after its DVC stage, in one experiment per suite.
+
+* Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo root>/mlflow.db`` (an *absolute* path, so DVC's
+  temporary experiment copies under ``.dvc/tmp/exps`` log into the same store as the workspace). Artifacts of the local
+  store go to ``<repo root>/mlruns``.
+* A configured server that does not answer fails the stage at start (:func:`check_reachable`), not mid-run.
+* SQLite allows one writer at a time: every write is retried with back-off on "database is locked".
+* Resume: a stage that resumes from a checkpoint passes the stored run id and continues the same run; metrics carry
+  explicit steps so curves stay contiguous.
+No MLflow call lives in the math; the stages and the trainer's logger callback are the only users.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+EXPS_MARKER = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message says why and how to fix it."""
+
+
+def repo_root(start: Optional[Path] = None) -> Path:
+    """The project's root: the nearest folder with dvc.yaml, escaping DVC's experiment copies (.dvc/tmp/exps/...)."""
+    p = Path(start or Path.cwd()).resolve()
+    s = str(p) + os.sep
+    if EXPS_MARKER in s:
+        return Path(s.split(EXPS_MARKER)[0])
+    for cand in [p, *p.parents]:
+        if (cand / "dvc.yaml").exists() or (cand / ".git").exists():
+            return cand
+    return p
+
+
+def tracking_uri() -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def check_reachable(uri: Optional[str] = None, timeout: float = 5.0) -> None:
+    """Fail fast when an HTTP tracking server is configured but unreachable."""
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - user-configured URI
+            if r.status != 200:
+                raise TrackingError(f"MLflow server {uri} answered {r.status} on /health")
+    except (urllib.error.URLError, OSError) as e:
+        raise TrackingError(
+            f"MLflow tracking server {uri} (from MLFLOW_TRACKING_URI) is unreachable: {e}. Start it (see README, "
+            "'Tracking server for a team'), fix MLFLOW_TRACKING_URI, or unset it to log to the local SQLite store."
+        ) from None
+
+
+def _retry(fn, *args, attempts: int = 12, **kwargs):
+    delay = 0.05
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - only lock errors are retried, others re-raised
+            msg = str(e).lower()
+            if i == attempts - 1 or not ("database is locked" in msg or "database table is locked" in msg
+                                         or "busy" in msg):
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def git_info(root: Optional[Path] = None) -> dict[str, str]:
+    root = root or repo_root()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return {"git.commit": commit or "unknown", "git.dirty": str(bool(dirty)).lower()}
+    except (OSError, subprocess.SubprocessError):
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+
+
+class StageRun:
+    """A live MLflow run for one stage execution. Metrics are buffered and written in batches."""
+
+    def __init__(self, client, run_id: str, flush_every: int = 200):
+        self.client = client
+        self.run_id = run_id
+        self._buf: list = []
+        self.flush_every = flush_every
+
+    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        for k, v in metrics.items():
+            if v is None:
+                continue
+            v = float(v)
+            if v != v:  # NaN: not logged (MLflow accepts it, but it breaks plots)
+                continue
+            self._buf.append(Metric(key=_key(k), value=v, timestamp=ts, step=int(step or 0)))
+        if len(self._buf) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._buf:
+            chunk, self._buf = self._buf[:900], self._buf[900:]
+            _retry(self.client.log_batch, self.run_id, metrics=chunk)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = _retry(self.client.get_run, self.run_id).data.params
+        items = [Param(_key(k), _val(v)) for k, v in flatten(params).items() if _key(k) not in existing]
+        for i in range(0, len(items), 90):
+            _retry(self.client.log_batch, self.run_id, params=items[i:i + 90])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        _retry(self.client.log_batch, self.run_id, tags=[RunTag(k, _val(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: os.PathLike, artifact_path: Optional[str] = None) -> None:
+        p = Path(path)
+        if not p.exists():
+            return
+        if p.is_dir():
+            _retry(self.client.log_artifacts, self.run_id, str(p), artifact_path)
+        else:
+            _retry(self.client.log_artifact, self.run_id, str(p), artifact_path)
+
+    def log_dict(self, d: dict, artifact_file: str) -> None:
+        _retry(self.client.log_dict, self.run_id, d, artifact_file)
+
+
+def _key(k: str) -> str:
+    return "".join(c if (c.isalnum() or c in "_-. /") else "_" for c in str(k))[:250]
+
+
+def _val(v: Any) -> str:
+    s = json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
+    return s[:6000]
+
+
+def _experiment_id(client, name: str) -> str:
+    exp = _retry(client.get_experiment_by_name, name)
+    if exp is not None:
+        return exp.experiment_id
+    kwargs = {}
+    uri = tracking_uri()
+    if uri.startswith("sqlite:"):
+        kwargs["artifact_location"] = (repo_root() / "mlruns" / name.replace("/", "_")).as_uri()
+    try:
+        return _retry(client.create_experiment, name, **kwargs)
+    except Exception:  # noqa: BLE001 - created concurrently by another process
+        exp = _retry(client.get_experiment_by_name, name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, run_name: str, *, suite: str, params: Optional[dict] = None,
+              resume_run_id: Optional[str] = None, experiment_prefix: str = "greg-ood",
+              config_hash: Optional[str] = None) -> Iterator[StageRun]:
+    """Open (or resume) the MLflow run of one stage execution; mark it FAILED/KILLED on error or interrupt."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    run_id = None
+    if resume_run_id:
+        try:
+            r = _retry(client.get_run, resume_run_id)
+            run_id = r.info.run_id
+            _retry(client.update_run, run_id, status="RUNNING")
+        except Exception:  # noqa: BLE001 - the run is gone (store was reset): start a new one
+            run_id = None
+    if run_id is None:
+        exp_id = _experiment_id(client, f"{experiment_prefix}/{suite}")
+        tags = {"mlflow.runName": run_name, "dvc.stage": run_name, "stage": stage, "suite": suite}
+        tags.update(git_info())
+        if os.environ.get("DVC_EXP_NAME"):
+            tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+        if config_hash:
+            tags["params.hash"] = config_hash
+        run = _retry(client.create_run, exp_id, run_name=run_name, tags=tags)
+        run_id = run.info.run_id
+    sr = StageRun(client, run_id)
+    if params:
+        sr.log_params(params)
+    status = "FINISHED"
+    try:
+        yield sr
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        try:
+            sr.flush()
+        finally:
+            _retry(client.set_terminated, run_id, status=status)
+
+
+def params_hash(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

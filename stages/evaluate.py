@@ -1,0 +1,69 @@
+"""evaluate@<method>-<arch>-<seed> (per suite): every configured score on the ID test set and each OOD set."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from greg_ood import config as C
+from greg_ood import pipeline, tracking
+from greg_ood.evaluation import evaluate
+from greg_ood.io import write_json_atomic, write_npz_atomic
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--suite", required=True)
+    ap.add_argument("--method", required=True, choices=C.TRAIN_METHODS)
+    ap.add_argument("--arch", required=True)
+    ap.add_argument("--seed", required=True, type=int)
+    ap.add_argument("--lambda-grad", type=float, default=None)
+    args = ap.parse_args()
+    pipeline.setup_logging()
+    cfg = pipeline.load_config()
+    exp = cfg.experiment(args.suite, args.method, args.arch, args.seed, ablation_lambda=args.lambda_grad)
+    s = cfg.suite(args.suite)
+    ev = s.eval
+    device = pipeline.init_runtime(cfg, args.seed)
+    P = pipeline.paths(cfg)
+    sd = pipeline.suite_data(cfg, args.suite, aux=False, ood=True)
+    model = pipeline.load_model(P.model(args.suite, exp.name),
+                                pipeline.build_model(cfg, args.suite, args.arch, args.method), device)
+    # DOS detects with its absent-class output; every other method with the suite's primary score
+    primary = "absent_class" if args.method == "dos" else ev.primary
+    with tracking.stage_run("evaluate", f"evaluate@{exp.name}", suite=args.suite,
+                            params={"experiment": exp.name, "eval": ev.model_dump(), "primary": primary},
+                            experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:
+        results, arrays, roc = evaluate(model, id_test=sd.id_test, ood=sd.ood, eval_cfg=ev, mean=sd.mean,
+                                        std=sd.std, device=device, primary=primary, fit_split=sd.id_train,
+                                        method=args.method)
+        head = s.data.headline_set or next(iter(sd.ood))
+        full = {"experiment": exp.name, "suite": args.suite, "method": args.method, "arch": args.arch,
+                "seed": args.seed, "group": exp.group, "lambda_grad": exp.train.loss.lambda_grad,
+                "lambda_energy": exp.train.loss.lambda_energy,
+                "convention": {"primary_score": primary, "positive": ev.positive, "fpr_rule": ev.fpr_rule,
+                               "tpr": ev.tpr},
+                **results, "ood_sets": list(sd.ood), "headline_set": head}
+        summary = {"id_accuracy": results["id_accuracy"], "fpr95": results["fpr95"], "auroc": results["auroc"],
+                   f"{head}.fpr95": results["scores"][primary]["per_set"][head]["fpr95"],
+                   f"{head}.auroc": results["scores"][primary]["per_set"][head]["auroc"]}
+        write_json_atomic(P.results(args.suite, exp.name), full)
+        write_json_atomic(P.metrics(args.suite, exp.name), summary)
+        write_npz_atomic(P.scores(args.suite, exp.name),
+                         {f"{sc}/{st}": a for sc, d in arrays.items() for st, a in d.items()})
+        write_json_atomic(P.roc(args.suite, exp.name),
+                          [{"fpr": p["fpr"], "tpr": p["tpr"], "set": head} for p in roc[head]])
+        write_json_atomic(P.results(args.suite, exp.name).with_suffix(".roc.json"), roc)
+        run.log_metrics({"id_accuracy": results["id_accuracy"], "mean.fpr95": results["fpr95"],
+                         "mean.auroc": results["auroc"], "mean.aupr_in": results["aupr_in"],
+                         "mean.aupr_out": results["aupr_out"]})
+        for sc, d in results["scores"].items():
+            for st, m in d["per_set"].items():
+                run.log_metrics({f"{sc}.{st}.{k}": v for k, v in m.items()})
+        run.log_artifact(P.results(args.suite, exp.name), "results")
+        print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

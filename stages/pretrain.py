@@ -1,0 +1,36 @@
+"""pretrain@<suite>-<arch>: plain cross-entropy training on the ID set (the model GReg fine-tunes)."""
+from __future__ import annotations
+
+import argparse
+
+from greg_ood import pipeline, tracking
+from greg_ood.evaluation import id_accuracy
+from greg_ood.runlog import CsvLog, run_training
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--suite", required=True)
+    ap.add_argument("--arch", required=True)
+    args = ap.parse_args()
+    pipeline.setup_logging()
+    cfg = pipeline.load_config()
+    s = cfg.suite(args.suite)
+    pc = s.pretrain
+    device = pipeline.init_runtime(cfg, pc.seed)
+    P = pipeline.paths(cfg)
+    sd = pipeline.suite_data(cfg, args.suite, aux=False, ood=False)
+    model = pipeline.build_model(cfg, args.suite, args.arch, "ce").to(device)
+    src = pipeline.id_source(sd, cfg, args.suite, batch_size=pc.batch_size, seed=pc.seed, device=device)
+    name = f"pretrain@{args.suite}-{args.arch}"
+    run_training(
+        cfg, name=name, stage="pretrain", suite=args.suite, model=model, method="ce", tcfg=pc, seed=pc.seed,
+        id_source=src, aux_source=None, device=device, sd=sd,
+        ckpt_path=P.pretrain_checkpoint(args.suite, args.arch), out_path=P.pretrained(args.suite, args.arch),
+        csv_path=P.pretrain_csv(args.suite, args.arch),
+        params={"suite": args.suite, "arch": args.arch, "pretrain": pc.model_dump()},
+        meta={"suite": args.suite, "arch": args.arch, "method": "ce", "num_classes": s.num_classes})
+
+
+if __name__ == "__main__":
+    main()

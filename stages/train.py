@@ -1,0 +1,61 @@
+"""train@<method>-<arch>-<seed> (per suite): fine-tune (or train from scratch) one method on one architecture/seed.
+
+With --lambda-grad the run is a point of the suite's lambda_grad ablation (experiment name gets `-lg<value>`).
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from greg_ood import config as C
+from greg_ood import pipeline
+from greg_ood.distributed import distributed_context
+from greg_ood.runlog import run_training
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--suite", required=True)
+    ap.add_argument("--method", required=True, choices=C.TRAIN_METHODS)
+    ap.add_argument("--arch", required=True)
+    ap.add_argument("--seed", required=True, type=int)
+    ap.add_argument("--lambda-grad", type=float, default=None, help="ablation point (overrides loss.lambda_grad)")
+    args = ap.parse_args()
+    pipeline.setup_logging()
+    cfg = pipeline.load_config()
+    exp = cfg.experiment(args.suite, args.method, args.arch, args.seed, ablation_lambda=args.lambda_grad)
+    t = exp.train
+    with distributed_context(t) as dist:
+        device = dist.device if dist is not None else pipeline.init_runtime(cfg, args.seed)
+        if dist is not None:
+            pipeline.init_runtime(cfg, args.seed)
+        P = pipeline.paths(cfg)
+        sd = pipeline.suite_data(cfg, args.suite, aux=True, ood=False)
+        model = pipeline.build_model(cfg, args.suite, args.arch, args.method)
+        if t.init == "pretrained":
+            pipeline.load_model(P.pretrained(args.suite, args.arch), model, device)
+        model = model.to(device)
+        sel = P.selection(args.suite, args.arch) / "indices.npy"
+        indices = np.load(sel) if sel.exists() else None
+        n_aux = len(indices) if indices is not None else len(sd.aux.images)
+        B = t.batch_size
+        src = pipeline.id_source(sd, cfg, args.suite, batch_size=B, seed=args.seed, device=device)
+        aux = pipeline.aux_source(sd, cfg, args.suite, seed=args.seed, device=device, indices=indices,
+                                  batch_size=pipeline.candidate_batch_size(t, args.method, len(sd.id_train.images),
+                                                                           n_aux))
+        if dist is not None:
+            model = dist.wrap(model)
+        run_training(
+            cfg, name=f"train@{exp.name}", stage="train", suite=args.suite, model=model, method=args.method, tcfg=t,
+            seed=args.seed, id_source=src, aux_source=aux, device=device, sd=sd,
+            ckpt_path=P.checkpoint(args.suite, exp.name), out_path=P.model(args.suite, exp.name),
+            csv_path=P.train_csv(args.suite, exp.name), channel_std=list(sd.std), distributed=dist,
+            params={"suite": args.suite, "method": args.method, "arch": args.arch, "seed": args.seed,
+                    "group": exp.group, "train": t.model_dump(), "aux_pool": n_aux},
+            meta={"suite": args.suite, "method": args.method, "arch": args.arch, "seed": args.seed,
+                  "group": exp.group, "experiment": exp.name})
+
+
+if __name__ == "__main__":
+    main()
