@@ -341,21 +341,19 @@ class Experiment(_Model):
     group: Literal["main", "ablation"] = "main"
     train: TrainCfg
 
+    #: the ablation value exactly as written in params.yaml (DVC renders it the same way in stage names and paths)
+    label: Optional[str] = None
+
     @property
     def name(self) -> str:
-        return experiment_name(self.suite, self.method, self.arch, self.seed,
-                               self.train.loss.lambda_grad if self.group == "ablation" else None)
+        return experiment_name(self.suite, self.method, self.arch, self.seed, self.label)
 
 
-def experiment_name(suite: str, method: str, arch: str, seed: int, ablation_lambda: Optional[float] = None) -> str:
+def experiment_name(suite: str, method: str, arch: str, seed: int, ablation_label: Optional[str] = None) -> str:
     name = f"{suite}-{method}-{arch}-s{seed}"
-    if ablation_lambda is not None:
-        name += f"-lg{format_lambda(ablation_lambda)}"
+    if ablation_label is not None:
+        name += f"-lg{ablation_label}"
     return name
-
-
-def format_lambda(x: float) -> str:
-    return ("%g" % x).replace("+", "")
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -417,9 +415,16 @@ class Config:
             raise ConfigError(f"{self.path}: suites.{suite}.archs does not list {arch!r} (has {s.archs})")
         if ablation_lambda is None and method not in s.methods:
             raise ConfigError(f"{self.path}: suites.{suite}.methods does not list {method!r} (has {s.methods})")
-        group = "main" if ablation_lambda is None else "ablation"
-        return Experiment(suite=suite, method=method, arch=arch, seed=seed, group=group,
-                          train=self.train_cfg(suite, method, ablation_lambda))
+        if ablation_lambda is None:
+            return Experiment(suite=suite, method=method, arch=arch, seed=seed, group="main",
+                              train=self.train_cfg(suite, method))
+        raw_values = self.raw["suites"][suite].get("ablation", {}).get("lambda_grad", [])
+        label = next((str(v) for v in raw_values if float(v) == float(ablation_lambda)), None)
+        if label is None:
+            raise ConfigError(f"{self.path}: lambda_grad {ablation_lambda} is not listed in "
+                              f"suites.{suite}.ablation.lambda_grad {raw_values}")
+        return Experiment(suite=suite, method=method, arch=arch, seed=seed, group="ablation", label=label,
+                          train=self.train_cfg(suite, method, float(ablation_lambda)))
 
     def experiments(self, suite: str, include_ablation: bool = True) -> list[Experiment]:
         s = self.suite(suite)

@@ -1,0 +1,40 @@
+"""report (per suite): paper-style tables (Markdown, LaTeX, CSV), the paper's numbers side by side, the lambda_grad
+ablation and gradient-term ablation tables, paired per-seed differences, and figures, under reports/<suite>/."""
+from __future__ import annotations
+
+import argparse
+
+from greg_ood import pipeline, tracking
+from greg_ood.report import build_suite_report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--suite", required=True)
+    args = ap.parse_args()
+    pipeline.setup_logging()
+    cfg = pipeline.load_config()
+    P = pipeline.paths(cfg)
+    exps = cfg.experiments(args.suite)
+    metrics_files = [P.results(args.suite, e.name) for e in exps]
+    missing = [str(p) for p in metrics_files if not p.exists()]
+    if missing:
+        raise SystemExit(f"error: results missing for {len(missing)} experiments, e.g. {missing[:3]}; run "
+                         f"`dvc repro report_{args.suite}` (it runs the evaluate stages first)")
+    with tracking.stage_run("report", f"report@{args.suite}", suite=args.suite,
+                            params={"experiments": [e.name for e in exps]},
+                            experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:
+        written = build_suite_report(
+            suite=args.suite, metrics_files=metrics_files, paper_csv=P.root / "reports" / "paper" / "paper_numbers.csv",
+            out_dir=P.report(args.suite), scores_dir=P.root / "results" / args.suite / "scores",
+            roc_files=[P.results(args.suite, e.name).with_suffix(".roc.json") for e in exps],
+            train_csv_files=[P.train_csv(args.suite, e.name) for e in exps],
+            certify_files=[P.certify(args.suite) / "certify.json"],
+            selection_dirs=[P.selection(args.suite, a) for a in cfg.suite(args.suite).archs])
+        run.log_artifact(P.report(args.suite), "report")
+        for k, v in written.items():
+            print(f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    main()
