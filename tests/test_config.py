@@ -1,0 +1,125 @@
+"""params.yaml validation: each malformed variant stops with a message naming the key and what is allowed."""
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from greg_ood import config as C
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def _set(path: str, value):
+    def f(raw):
+        keys = path.split(".")
+        cur = raw
+        for k in keys[:-1]:
+            cur = cur[int(k)] if isinstance(cur, list) else cur[k]
+        if value is _DEL:
+            del cur[keys[-1]]
+        else:
+            cur[keys[-1]] = value
+    return f
+
+
+_DEL = object()
+
+# (mutation, substrings the error must contain)
+BAD = [
+    (_set("suites.mini.train.lamda_grad", 1.0), ["suites.mini.train.lamda_grad", "loss.lambda_grad"]),
+    (_set("suites.mini.train.loss.lamda_grad", 1.0), ["suites.mini.train.loss.lamda_grad", "lambda_grad"]),
+    (_set("suites.mini.train.epochs", -1), ["suites.mini.train.epochs", "greater than 0"]),
+    (_set("suites.mini.train.epochs", "ten"), ["suites.mini.train.epochs", "integer"]),
+    (_set("suites.mini.pretrain.epochs", 0), ["suites.mini.pretrain.epochs"]),
+    (_set("suites.mini.train.loss.m_in", 0.0), ["suites.mini.train.loss", "m_in", "m_out"]),
+    (_set("suites.mini.method_params.greg", {"loss": {"m_out": -20.0}}), ["method_params.greg", "m_in"]),
+    (_set("suites.mini.archs", ["wrn40"]), ["suites.mini.archs.0", "wrn40_2"]),
+    (_set("suites.mini.methods", ["greg", "gregplus"]), ["suites.mini.methods.1", "greg_plus"]),
+    (_set("suites.mini.seeds", []), ["suites.mini.seeds", "at least 1"]),
+    (_set("suites.mini.seeds", [0, 0]), ["suites.mini.seeds", "distinct"]),
+    (_set("suites.mini.data.headline_set", "nope"), ["headline_set", "fmnist_near"]),
+    (_set("suites.mini.data.ood", []), ["suites.mini.data.ood"]),
+    (_set("suites.mini.eval.scores", ["energy", "odn"]), ["suites.mini.eval.scores.1", "odin"]),
+    (_set("suites.mini.eval.primary", "msp_"), ["suites.mini.eval.primary"]),
+    (_set("suites.mini.eval.positive", "outlier"), ["suites.mini.eval.positive", "'id' or 'ood'"]),
+    (_set("suites.mini.eval.tpr", 1.5), ["suites.mini.eval.tpr", "less than 1"]),
+    (_set("suites.mini.train.optimizer.name", "rmsprop"), ["suites.mini.train.optimizer.name", "'sgd' or 'adam'"]),
+    (_set("suites.mini.train.optimizer.lr", 0), ["suites.mini.train.optimizer.lr"]),
+    (_set("suites.mini.train.schedule.milestones", [10, 5]), ["milestones", "increasing"]),
+    (_set("suites.mini.train.sampling.normalization", "l2"), ["suites.mini.train.sampling.normalization", "norm"]),
+    (_set("suites.mini.train.sampling.stop", 0), ["suites.mini.train.sampling.stop"]),
+    (_set("suites.mini.train.loss.reduction", "mean"), ["suites.mini.train.loss.reduction", "official"]),
+    (_set("suites.mini.ablation.lambda_grad", [-1.0]), ["suites.mini.ablation.lambda_grad", ">= 0"]),
+    (_set("suites.mini.grad_ablation.pairs", [["energy", "dos_grad"]]), ["grad_ablation.pairs"]),
+    (_set("suites.mini.method_params.gregg", {}), ["method_params", "gregg"]),
+    (_set("suites.minii", copy.deepcopy(RAW["suites"]["mini"])), ["minii", "mini"]),
+    (_set("project.device", "gpu"), ["project.device", "cuda"]),
+    (_set("sutes", {}), ["sutes", "suites"]),
+    (_set("suites.mini.data.id", _DEL), ["suites.mini.data.id", "Field required"]),
+    (_set("suites.mini.certify.methods", ["oe_grad", "greg_plus", "dos", "gregplus"]), ["certify.methods"]),
+]
+
+
+def test_default_params_are_valid():
+    cfg = C.load(ROOT / "params.yaml")
+    assert set(cfg.params.suites) == {"mini", "cifar10", "cifar100", "imagenet"}
+    # method defaults: energy fine-tuning is GReg with lambda_grad = 0; GReg keeps the paper's lambda = 1
+    assert cfg.train_cfg("mini", "energy").loss.lambda_grad == 0
+    assert cfg.train_cfg("cifar10", "greg").loss.lambda_grad == 1.0
+    assert cfg.train_cfg("cifar10", "greg").loss.reduction == "official"
+    # CIFAR GReg+: from scratch, SGD at 0.1 (the official Adam(0.1) is treated as a bug), step at epoch 50
+    gp = cfg.train_cfg("cifar10", "greg_plus")
+    assert (gp.init, gp.epochs, gp.optimizer.name, gp.optimizer.lr, gp.schedule.milestones) == \
+        ("scratch", 60, "sgd", 0.1, [50])
+    assert cfg.train_cfg("cifar10", "greg").loss.m_in == -25 and cfg.train_cfg("cifar10", "greg").loss.m_out == -7
+
+
+@pytest.mark.parametrize("mutate,needles", BAD, ids=[n[0] for _, n in BAD])
+def test_malformed_params_name_the_key(mutate, needles):
+    raw = copy.deepcopy(RAW)
+    mutate(raw)
+    with pytest.raises(C.ConfigError) as ei:
+        C.validate(raw)
+    msg = str(ei.value)
+    for n in needles:
+        assert n in msg, f"{n!r} not in error message:\n{msg}"
+
+
+def test_at_least_twenty_variants():
+    assert len(BAD) >= 20
+
+
+def test_experiment_names_and_ablation_labels():
+    cfg = C.load(ROOT / "params.yaml")
+    e = cfg.experiment("mini", "greg", "small_cnn", 0)
+    assert e.name == "mini-greg-small_cnn-s0"
+    a = cfg.experiment("mini", "greg", "small_cnn", 1, ablation_lambda=3)
+    assert a.name == "mini-greg-small_cnn-s1-lg3.0" and a.train.loss.lambda_grad == 3.0
+    with pytest.raises(C.ConfigError, match="not listed"):
+        cfg.experiment("mini", "greg", "small_cnn", 1, ablation_lambda=7)
+
+
+def test_stage_exits_before_compute_on_bad_params(tmp_path):
+    raw = copy.deepcopy(RAW)
+    raw["suites"]["mini"]["train"]["loss"]["lamda_grad"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    r = subprocess.run([sys.executable, str(ROOT / "stages" / "train.py"), "--suite", "mini", "--method", "greg",
+                        "--arch", "small_cnn", "--seed", "0"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    assert "suites.mini.train.loss.lamda_grad" in r.stderr and "lambda_grad" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was started
+
+
+def test_committed_dvc_yaml_matches_params():
+    from greg_ood.dvcgen import render
+
+    assert (ROOT / "dvc.yaml").read_text() == render(C.load(ROOT / "params.yaml")), \
+        "dvc.yaml is stale: run `make dvc.yaml`"
