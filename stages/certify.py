@@ -50,18 +50,19 @@ def main() -> None:
                                iter_eval(imgs, batch_size=cc.batch_size, device=device, mean=sd.mean, std=sd.std)])
                 r = CT.certified_radius(en, g, gamma, cc.eps)
                 norms[name], radii[name] = g.cpu().numpy(), r.cpu().numpy()
-                arrays[f"{method}/{name}/grad_norm"] = norms[name]
-                arrays[f"{method}/{name}/radius"] = radii[name]
+                arrays[f"grad_norm/{name}"] = norms[name]
+                arrays[f"radius/{name}"] = radii[name]
             summary[method] = {"experiment": exp.name, "gamma": gamma, "eps": cc.eps,
                                "per_set": {k: {"grad_norm_median": float(np.median(norms[k])),
                                                "grad_norm_mean": float(np.mean(norms[k])),
                                                "radius_median": float(np.median(radii[k])),
                                                "radius_mean": float(np.mean(radii[k]))} for k in norms}}
-            plot_certify(norms, radii, out / f"{method}.png")
+            write_npz_atomic(P.certify_npz(args.suite, exp.name), arrays)
+            arrays = {}
+            plot_certify(norms, radii, out / f"{exp.name}.png")
             run.log_metrics({f"{method}.{k}.grad_norm_median": v["grad_norm_median"]
                              for k, v in summary[method]["per_set"].items()})
         write_json_atomic(out / "certify.json", summary)
-        write_npz_atomic(out / "certify.npz", arrays)
         run.log_artifact(out, "certify")
 
 

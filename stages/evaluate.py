@@ -54,7 +54,7 @@ def main() -> None:
                          {f"{sc}/{st}": a for sc, d in arrays.items() for st, a in d.items()})
         write_json_atomic(P.roc(args.suite, exp.name),
                           [{"fpr": p["fpr"], "tpr": p["tpr"], "set": head} for p in roc[head]])
-        write_json_atomic(P.results(args.suite, exp.name).with_suffix(".roc.json"), roc)
+        write_json_atomic(P.roc_all(args.suite, exp.name), roc)
         run.log_metrics({"id_accuracy": results["id_accuracy"], "mean.fpr95": results["fpr95"],
                          "mean.auroc": results["auroc"], "mean.aupr_in": results["aupr_in"],
                          "mean.aupr_out": results["aupr_out"]})

@@ -26,11 +26,10 @@ def main() -> None:
                             experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:
         written = build_suite_report(
             suite=args.suite, metrics_files=metrics_files, paper_csv=P.root / "reports" / "paper" / "paper_numbers.csv",
-            out_dir=P.report(args.suite), scores_dir=P.root / "results" / args.suite / "scores",
-            roc_files=[P.results(args.suite, e.name).with_suffix(".roc.json") for e in exps],
+            out_dir=P.report(args.suite), scores_dir=P.scores(args.suite, "x").parent,
+            plots_dir=P.roc_all(args.suite, "x").parent.parent,
             train_csv_files=[P.train_csv(args.suite, e.name) for e in exps],
-            certify_files=[P.certify(args.suite) / "certify.json"],
-            selection_dirs=[P.selection(args.suite, a) for a in cfg.suite(args.suite).archs])
+            certify_files=sorted(P.certify(args.suite).glob("*.npz")))
         run.log_artifact(P.report(args.suite), "report")
         for k, v in written.items():
             print(f"{k}: {v}")

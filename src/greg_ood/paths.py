@@ -53,11 +53,19 @@ class Paths:
         return self.root / "results" / suite / "scores" / f"{exp}.npz"
 
     def roc(self, suite: str, exp: str) -> Path:
+        """Headline-set ROC points as a flat list, for `dvc plots`."""
         return self.root / "plots" / suite / "roc" / f"{exp}.json"
+
+    def roc_all(self, suite: str, exp: str) -> Path:
+        """ROC points of every OOD set ({set: [{fpr, tpr}]}), for the report's figures."""
+        return self.root / "results" / suite / "roc" / exp / "roc.json"
 
     # certify / report
     def certify(self, suite: str) -> Path:
         return self.root / "certify" / suite
+
+    def certify_npz(self, suite: str, exp: str) -> Path:
+        return self.certify(suite) / f"{exp}.npz"
 
     def report(self, suite: str) -> Path:
         return self.root / "reports" / suite

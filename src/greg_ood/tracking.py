@@ -66,6 +66,36 @@ def check_reachable(uri: Optional[str] = None, timeout: float = 5.0) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise creation/migration of a local SQLite store: several stages starting at once (parallel DVC queue
+    workers) would otherwise race in MLflow's schema migration."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(db) + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def make_client(uri: Optional[str] = None):
+    """An MlflowClient whose store is initialised (created + migrated) under an exclusive file lock."""
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or tracking_uri()
+    with _store_lock(uri):
+        client = MlflowClient(uri)
+        _retry(client.search_experiments, max_results=1)
+    return client
+
+
 def _retry(fn, *args, attempts: int = 12, **kwargs):
     delay = 0.05
     for i in range(attempts):
@@ -190,12 +220,11 @@ def stage_run(stage: str, run_name: str, *, suite: str, params: Optional[dict] =
     """Open (or resume) the MLflow run of one stage execution; mark it FAILED/KILLED on error or interrupt."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     uri = tracking_uri()
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
+    client = make_client(uri)
     run_id = None
     if resume_run_id:
         try:
