@@ -1,0 +1,65 @@
+"""A real training process for the resume tests: GReg+ (clustering + penalty) on small synthetic arrays, through the
+same run_training used by the train stage (atomic checkpoints, MLflow SQLite run, CSV curve).
+
+usage: python resume_driver.py WORKDIR [--steps-per-epoch N] [--epochs E] [--slow SECONDS]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("workdir")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--steps-per-epoch", type=int, default=12)
+    ap.add_argument("--slow", type=float, default=0.0, help="sleep per step (gives the killer room)")
+    args = ap.parse_args()
+    wd = Path(args.workdir)
+    os.chdir(wd)
+    from greg_ood import config as C
+    from greg_ood import data as D
+    from greg_ood import models, trainer
+    from greg_ood import methods as M
+    from greg_ood.runlog import run_training
+    from greg_ood.pipeline import SuiteData
+
+    if args.slow:
+        orig = M.training_step
+
+        def slow_step(*a, **k):
+            time.sleep(args.slow)
+            return orig(*a, **k)
+        M.training_step = slow_step
+
+    cfg = C.load(wd / "params.yaml")
+    tcfg = cfg.train_cfg("mini", "greg_plus").model_copy(update={
+        "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "checkpoint_every": 3, "gradnorm_every": 4})
+    trainer.set_determinism(0, True, 1)
+    rng = np.random.RandomState(0)
+    x_id = rng.randint(0, 256, size=(512, 28, 28, 1)).astype(np.uint8)
+    y_id = rng.randint(0, 6, size=512).astype(np.int64)
+    x_aux = rng.randint(0, 256, size=(2048, 28, 28, 1)).astype(np.uint8)
+    split = D.ArraySplit(images=x_id[:128], labels=y_id[:128], class_names=[str(i) for i in range(6)],
+                         mean=[0.5], std=[0.25], name="synthetic", split="test")
+    sd = SuiteData(id_train=split, id_test=split, ood={}, aux=None, mean=[0.5], std=[0.25])
+    dev = torch.device("cpu")
+    src = D.DeviceArraySource(x_id, y_id, batch_size=32, device=dev, mean=[0.5], std=[0.25], crop_padding=2,
+                              flip=True, seed=0, stream="id")
+    aux = D.DeviceArraySource(x_aux, np.full(len(x_aux), -1), batch_size=96, device=dev, mean=[0.5], std=[0.25],
+                              crop_padding=2, flip=True, seed=0, stream="aux")
+    model = models.build("small_cnn", 6, in_channels=1)
+    run_training(cfg, name="train@resume-test", stage="train", suite="mini", model=model, method="greg_plus",
+                 tcfg=tcfg, seed=0, id_source=src, aux_source=aux, device=dev, sd=sd,
+                 ckpt_path=wd / "ckpt" / "run.pt", out_path=wd / "out" / "model.pt", csv_path=wd / "out" / "train.csv",
+                 params={"t": tcfg.model_dump()}, meta={"test": True}, channel_std=[0.25])
+
+
+if __name__ == "__main__":
+    main()

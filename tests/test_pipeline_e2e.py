@@ -1,0 +1,171 @@
+"""The real pipeline end to end on a tiny `mini` configuration: `dvc repro` with a real MLflow SQLite store.
+
+Asserts every stage ran, `dvc metrics show` has the metrics, the MLflow store holds a run per stage with metrics and
+artifacts, the tables exist, and the numbers are ones a broken pipeline would not produce. Then changes lambda_grad
+and checks that only the GReg stages are invalidated, and that `dvc exp run -S` works.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+# small enough for CI on 2 cores, large enough that ID accuracy and digits separation are meaningful
+TINY = {
+    "datasets.skimage_crops.count": 4000,
+    "datasets.textures.count": 400,
+    "datasets.gaussian_noise.count": 400,
+    "datasets.uniform_noise.count": 400,
+    "suites.mini.seeds": [0],
+    "suites.mini.pretrain.epochs": 1,
+    "suites.mini.pretrain.steps_per_epoch": 120,
+    "suites.mini.train.epochs": 1,
+    "suites.mini.train.steps_per_epoch": 24,
+    "suites.mini.train.checkpoint_every": 10,
+    "suites.mini.train.gradnorm_every": 8,
+    "suites.mini.select.n_clusters": 50,
+    "suites.mini.eval.mahalanobis_fit_count": 1500,
+    "suites.mini.ablation.lambda_grad": [0.0],
+    "suites.mini.ablation.seeds": [0],
+    "suites.mini.certify.count": 100,
+}
+
+
+def _set(raw: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    cur = raw
+    for k in keys[:-1]:
+        cur = cur[k]
+    cur[keys[-1]] = value
+
+
+def _sh(args, cwd, env, timeout=1500, check=True):
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout[-4000:]}\n"
+                             f"{r.stderr[-6000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pipeline")
+    for name in ("stages", "src", "reports/paper"):
+        shutil.copytree(ROOT / name, d / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, d / name)
+    (d / ".dvc").mkdir()
+    shutil.copy(ROOT / ".dvc" / "config", d / ".dvc" / "config")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for k, v in TINY.items():
+        _set(raw, k, v)
+    (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update({"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "PYTHONPATH": str(d / "src"), "DVC_NO_ANALYTICS": "1",
+                "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@t"})
+    _sh(["git", "init", "-q"], d, env)
+    _sh(["git", "add", "-A"], d, env)
+    _sh(["git", "commit", "-qm", "tiny mini pipeline"], d, env)
+    r = _sh([str(BIN / "dvc"), "repro", "report_mini"], d, env, timeout=2400)
+    return d, env, r
+
+
+def test_every_stage_ran(repo):
+    d, env, _ = repo
+    st = _sh([str(BIN / "dvc"), "status", "report_mini", "--json"], d, env)
+    assert json.loads(st.stdout or "{}") == {}, st.stdout
+    lock = yaml.safe_load((d / "dvc.lock").read_text())["stages"]
+    cfg_methods = ["energy", "oe", "oe_grad", "dos", "greg", "greg_plus"]
+    for m in cfg_methods:
+        assert f"train_mini@{m}-small_cnn-0" in lock and f"evaluate_mini@{m}-small_cnn-0" in lock
+    for s in ("pretrain_mini@small_cnn", "select_mini@small_cnn", "certify_mini", "report_mini",
+              "train_mini_ablation@0.0-0", "evaluate_mini_ablation@0.0-0", "download@fashion_mnist"):
+        assert s in lock, s
+
+
+def test_metrics_are_sane(repo):
+    d, env, _ = repo
+    shown = json.loads(_sh([str(BIN / "dvc"), "metrics", "show", "--json"], d, env).stdout)
+    flat = json.dumps(shown)
+    assert "fpr95" in flat and "auroc" in flat and "id_accuracy" in flat
+    for f in sorted((d / "results" / "mini").glob("*.json")):
+        res = json.loads(f.read_text())
+        assert res["id_accuracy"] > 0.6, (f.name, res["id_accuracy"])  # 6 classes: chance is 0.17
+        for sc in res["scores"].values():
+            for m in list(sc["per_set"].values()) + [sc["mean"]]:
+                assert all(0.0 <= v <= 1.0 for v in m.values()), (f.name, m)
+    # models trained with outliers separate hand-written digits from clothing (score: -energy)
+    for m in ("energy", "greg", "greg_plus"):
+        res = json.loads((d / "results" / "mini" / f"mini-{m}-small_cnn-s0.json").read_text())
+        assert res["scores"]["energy"]["per_set"]["digits"]["auroc"] > 0.9, (m, res["scores"]["energy"])
+
+
+def test_mlflow_has_a_run_per_stage_with_metrics_and_artifacts(repo):
+    d, env, _ = repo
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("greg-ood/mini")
+    runs = {r.info.run_name: r for r in c.search_runs([exp.experiment_id], max_results=500)}
+    for name in ("pretrain@mini-small_cnn", "select@mini-small_cnn", "train@mini-greg_plus-small_cnn-s0",
+                 "evaluate@mini-greg-small_cnn-s0", "certify@mini", "report@mini",
+                 "train@mini-greg-small_cnn-s0-lg0.0"):
+        assert name in runs, sorted(runs)
+        assert runs[name].info.status == "FINISHED"
+    tr = runs["train@mini-greg-small_cnn-s0"]
+    hist = c.get_metric_history(tr.info.run_id, "grad")
+    assert len(hist) >= 2 and all(h.value >= 0 for h in hist)
+    assert "active_frac" in tr.data.metrics and "id_test_acc" in tr.data.metrics
+    assert tr.data.params["train.loss.lambda_grad"] == "1.0"
+    assert {a.path for a in c.list_artifacts(tr.info.run_id)} >= {"curves", "model"}
+    ev = runs["evaluate@mini-greg-small_cnn-s0"]
+    assert "mean.fpr95" in ev.data.metrics and "energy.digits.auroc" in ev.data.metrics
+    assert c.get_experiment_by_name("greg-ood/data") is not None
+
+
+def test_tables_and_figures_exist(repo):
+    d, _, _ = repo
+    rep = d / "reports" / "mini"
+    assert (rep / "summary.md").exists()
+    assert list(rep.glob("main*.md")) and list(rep.glob("main*.tex")) and list(rep.glob("main*.csv"))
+    text = next(rep.glob("main.md")).read_text()
+    assert "fmnist_near" in text and "positive" in text.lower()
+    assert list(rep.rglob("*.png"))
+
+
+def test_changing_lambda_grad_invalidates_only_greg(repo):
+    d, env, _ = repo
+    raw = yaml.safe_load((d / "params.yaml").read_text())
+    raw["suites"]["mini"]["method_params"]["greg"]["loss"]["lambda_grad"] = 2.0
+    (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    st = json.loads(_sh([str(BIN / "dvc"), "status", "--json"], d, env).stdout)
+    changed = set(st)
+    assert "train_mini@greg-small_cnn-0" in changed
+    for other in ("train_mini@energy-small_cnn-0", "train_mini@greg_plus-small_cnn-0", "pretrain_mini@small_cnn",
+                  "evaluate_mini@energy-small_cnn-0"):
+        assert other not in changed, (other, sorted(changed))
+    _sh(["git", "checkout", "params.yaml"], d, env)
+
+
+def test_dvc_exp_run_set_param(repo):
+    d, env, _ = repo
+    _sh(["git", "add", "-A"], d, env)
+    _sh(["git", "commit", "-qm", "results"], d, env, check=False)
+    r = _sh([str(BIN / "dvc"), "exp", "run", "-n", "lg3", "-S", "suites.mini.method_params.greg.loss.lambda_grad=3",
+             "report_mini"], d, env, timeout=1500)
+    assert "train_mini@greg-small_cnn-0" in r.stdout + r.stderr
+    assert "Running stage 'train_mini@energy-small_cnn-0'" not in r.stdout
+    shown = _sh([str(BIN / "dvc"), "exp", "show", "--json"], d, env).stdout
+    assert "lg3" in shown
