@@ -1,0 +1,529 @@
+"""prepare(): download -> verify -> convert -> ``data/prepared/<name>/``; load_split(): read it back, checked.
+
+Prepared layout (docs/CONTRACTS.md)::
+
+    data/prepared/<name>/<split>.images.npy    uint8 N×H×W×C
+    data/prepared/<name>/<split>.labels.npy    int64 N (-1 = no label)
+    data/prepared/<name>/<split>.files.json    file-list sets (ImageNet scale) instead of the two arrays
+    data/prepared/<name>/manifest.json
+
+A dataset is built in a temporary sibling folder and swapped in only when complete, so a folder named
+``prepared/<name>`` is never a half-written one. A prepared copy whose manifest matches the requested options and
+whose files pass the fast check is reused as it is.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from .download import fetch
+from .sources import DATASETS, DatasetSpec, Source, resolve_options, DOWNLOAD_OPTIONS
+
+log = logging.getLogger("greg_ood.data")
+
+FORMAT_VERSION = 1
+PROBE_CHUNKS, PROBE_BYTES = 16, 1 << 16
+
+
+class PreparedDataError(RuntimeError):
+    """The prepared copy of a dataset is missing, incomplete or was changed after preparation."""
+
+
+# ----------------------------------------------------------------------------------------------------- splits
+@dataclass
+class ArraySplit:
+    """One prepared split in memory (or memory-mapped)."""
+
+    images: np.ndarray  # uint8 N×H×W×C
+    labels: np.ndarray  # int64 N
+    class_names: list[str]
+    mean: tuple[float, ...]  # per channel, in [0, 1], of these images
+    std: tuple[float, ...]
+    name: str = ""
+    split: str = ""
+    #: row positions in the prepared split (None = all rows, in order)
+    indices: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.images.shape[-1])
+
+
+@dataclass
+class FileListSplit:
+    """An ImageNet-scale split: image files under ``root`` (decoded on demand)."""
+
+    root: Path
+    files: list[str]
+    labels: np.ndarray
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str = ""
+    split: str = ""
+    indices: Optional[np.ndarray] = None
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.root / f for f in self.files]
+
+    @property
+    def images(self):
+        """A lazy, indexable view decoding with the test transform (Resize(256) -> CenterCrop(224))."""
+        from .datasets import FileImages
+
+        return FileImages(self.root, self.files)
+
+
+def subset(split: Union[ArraySplit, FileListSplit], idx) -> Union[ArraySplit, FileListSplit]:
+    """The rows ``idx`` of a split (statistics are recomputed for arrays)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    base = split.indices if split.indices is not None else np.arange(len(split))
+    if isinstance(split, FileListSplit):
+        return replace(split, files=[split.files[i] for i in idx], labels=np.asarray(split.labels)[idx],
+                       indices=base[idx])
+    imgs = np.asarray(split.images[idx])
+    mean, std = channel_stats(imgs)
+    return replace(split, images=imgs, labels=np.asarray(split.labels)[idx], mean=mean, std=std, indices=base[idx])
+
+
+def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (population) of uint8 N×H×W×C pixels, scaled to [0, 1]."""
+    n = len(images)
+    c = images.shape[-1] if images.ndim == 4 else 1
+    if n == 0:
+        return tuple([0.0] * c), tuple([0.0] * c)
+    s = np.zeros(c, dtype=np.float64)
+    ss = np.zeros(c, dtype=np.float64)
+    count = 0
+    for i in range(0, n, chunk):
+        x = np.asarray(images[i:i + chunk], dtype=np.float64).reshape(-1, c) / 255.0
+        s += x.sum(0)
+        ss += np.square(x).sum(0)
+        count += x.shape[0]
+    mean = s / count
+    var = np.maximum(ss / count - mean ** 2, 0.0)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in np.sqrt(var))
+
+
+# ----------------------------------------------------------------------------------------------------- hashing
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def probe_hash(path: Path) -> str:
+    """sha256 of a few evenly spaced 64 KiB windows plus the size: cheap and catches most replacements."""
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= PROBE_CHUNKS * PROBE_BYTES:
+            h.update(f.read())
+        else:
+            step = (size - PROBE_BYTES) // (PROBE_CHUNKS - 1)
+            for k in range(PROBE_CHUNKS):
+                f.seek(k * step)
+                h.update(f.read(PROBE_BYTES))
+    return h.hexdigest()
+
+
+def row_hashes(images: np.ndarray, chunk: int = 4096) -> list[bytes]:
+    """A content hash per image (shape included)."""
+    out = []
+    shape = repr(tuple(images.shape[1:])).encode()
+    for i in range(0, len(images), chunk):
+        block = np.ascontiguousarray(images[i:i + chunk])
+        flat = block.reshape(len(block), -1)
+        for row in flat:
+            out.append(hashlib.blake2b(row.tobytes(), digest_size=16, person=shape[:16]).digest())
+    return out
+
+
+def overlap_guard(aux, others: dict) -> dict[str, int]:
+    """For each named set, how many of its images are exact (byte-identical) duplicates of an auxiliary image.
+
+    Works on :class:`ArraySplit` (or raw uint8 arrays) by pixel content and on :class:`FileListSplit` by file
+    content (files whose sizes differ cannot be equal, so only same-size files are hashed). Sets of different image
+    shapes cannot share exact duplicates (0). The caller records the counts and warns when any is non-zero."""
+    if isinstance(aux, FileListSplit) or any(isinstance(o, FileListSplit) for o in others.values()):
+        return _overlap_files(aux, others)
+    a = aux.images if hasattr(aux, "images") else aux
+    aux_hashes = set(row_hashes(a))
+    out = {}
+    for name, other in others.items():
+        imgs = other.images if hasattr(other, "images") else other
+        if imgs.shape[1:] != a.shape[1:]:
+            out[name] = 0
+            continue
+        out[name] = int(sum(h in aux_hashes for h in row_hashes(imgs)))
+    return out
+
+
+def _overlap_files(aux, others: dict) -> dict[str, int]:
+    def file_hash(p: Path) -> str:
+        return sha256_file(p, chunk=1 << 20)
+
+    def paths(s) -> list[Path]:
+        return s.paths if isinstance(s, FileListSplit) else []
+
+    other_paths = {k: paths(v) for k, v in others.items()}
+    sizes = {os.path.getsize(p) for ps in other_paths.values() for p in ps}
+    aux_hashes = {file_hash(p) for p in paths(aux) if os.path.getsize(p) in sizes}
+    out = {}
+    for k, ps in other_paths.items():
+        if not isinstance(others[k], FileListSplit) or not isinstance(aux, FileListSplit):
+            out[k] = 0
+            continue
+        out[k] = int(sum(file_hash(p) in aux_hashes for p in ps))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- building
+class BuildContext:
+    """What a converter gets: options, paths, a fetch helper and writers for the prepared files."""
+
+    def __init__(self, spec: DatasetSpec, options: dict, data_dir: Path, out_dir: Path, progress: bool,
+                 sources: dict[str, Source]):
+        self.spec = spec
+        self.name = spec.name
+        self.options = options
+        self.data_dir = Path(data_dir)
+        self.raw_dir = self.data_dir / "raw" / spec.raw_name
+        self.out_dir = out_dir
+        self.progress = progress
+        self.sources = sources
+        self.manifest: dict[str, Any] = {"sources": [], "splits": {}, "warnings": []}
+
+    # -- inputs
+    def source(self, filename: str) -> Source:
+        return self.sources[filename]
+
+    def fetch(self, filename: str) -> Path:
+        src = self.sources[filename]
+        mirrors = (self.options.get("mirrors") or {})
+        extra = mirrors.get(filename, []) if isinstance(mirrors, dict) else list(mirrors)
+        path = fetch(src, self.raw_dir, dataset=self.name, progress=self.progress,
+                     retries=int(self.options.get("retries", DOWNLOAD_OPTIONS["retries"])),
+                     timeout=float(self.options.get("timeout", DOWNLOAD_OPTIONS["timeout"])),
+                     backoff=float(self.options.get("_backoff", 1.0)), extra_urls=extra)
+        origin = _read_origin(path)
+        algo, want = src.checksum
+        self.manifest["sources"].append({
+            "filename": src.filename, "path": _rel(path, self.data_dir), "urls": list(src.urls),
+            "url_used": origin, algo: want, "checksum_confirmed": src.checksum_confirmed,
+            "bytes": os.path.getsize(path)})
+        return path
+
+    def warn(self, msg: str) -> None:
+        log.warning("%s: %s", self.name, msg)
+        self.manifest["warnings"].append(msg)
+
+    # -- outputs
+    def write_split(self, split: str, images: np.ndarray, labels: Optional[np.ndarray] = None,
+                    class_names: Sequence[str] = (), **info: Any) -> dict:
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"{self.name}/{split}: images must be uint8 N×H×W×C, got {images.dtype} {images.shape}")
+        n = len(images)
+        labels = np.full(n, -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+        if labels.shape != (n,):
+            raise ValueError(f"{self.name}/{split}: {labels.shape} labels for {n} images")
+        ip, lp = self.out_dir / f"{split}.images.npy", self.out_dir / f"{split}.labels.npy"
+        np.save(ip, np.ascontiguousarray(images))
+        np.save(lp, labels)
+        return self._record_arrays(split, ip, lp, images, labels, class_names, info)
+
+    def adopt_split(self, split: str, npy: Path, labels: Optional[np.ndarray] = None,
+                    class_names: Sequence[str] = (), **info: Any) -> dict:
+        """Use an existing, already correct ``.npy`` as the split's images (hard link where possible)."""
+        ip, lp = self.out_dir / f"{split}.images.npy", self.out_dir / f"{split}.labels.npy"
+        try:
+            os.link(npy, ip)
+        except OSError:
+            shutil.copyfile(npy, ip)
+        images = np.load(ip, mmap_mode="r")
+        n = len(images)
+        labels = np.full(n, -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+        np.save(lp, labels)
+        return self._record_arrays(split, ip, lp, images, labels, class_names, info)
+
+    def _record_arrays(self, split, ip, lp, images, labels, class_names, info) -> dict:
+        mean, std = channel_stats(images)
+        present = sorted(int(v) for v in np.unique(labels)) if len(labels) else []
+        entry = {
+            "count": int(len(images)), "shape": [int(s) for s in images.shape], "dtype": "uint8",
+            "images_file": ip.name, "labels_file": lp.name,
+            "images_bytes": os.path.getsize(ip), "labels_bytes": os.path.getsize(lp),
+            "images_sha256": sha256_file(ip), "labels_sha256": sha256_file(lp),
+            "images_probe": probe_hash(ip), "labels_probe": probe_hash(lp),
+            "class_names": list(class_names), "num_classes": len(class_names),
+            "label_counts": {str(v): int((labels == v).sum()) for v in present} if len(present) <= 1000 else {},
+            "mean": list(mean), "std": list(std), **info,
+        }
+        exp = self.spec.expected_counts.get(split)
+        if exp is not None and exp != entry["count"] and self._default_count():
+            self.warn(f"split {split!r} has {entry['count']} images, {exp} expected")
+        self.manifest["splits"][split] = entry
+        return entry
+
+    def write_files(self, split: str, root: Path, files: Sequence[str], labels: Optional[Sequence[int]] = None,
+                    class_names: Sequence[str] = (), mean=None, std=None, **info: Any) -> dict:
+        """A file-list split (paths relative to ``root``; ``root`` stored relative to data_dir where inside it)."""
+        files = list(files)
+        labels = [-1] * len(files) if labels is None else [int(v) for v in labels]
+        if len(labels) != len(files):
+            raise ValueError(f"{self.name}/{split}: {len(labels)} labels for {len(files)} files")
+        fp = self.out_dir / f"{split}.files.json"
+        doc = {"root": _rel(Path(root), self.data_dir), "files": files, "labels": labels,
+               "class_names": list(class_names)}
+        fp.write_text(json.dumps(doc))
+        entry = {"count": len(files), "files_file": fp.name, "files_bytes": os.path.getsize(fp),
+                 "files_sha256": sha256_file(fp), "root": doc["root"], "class_names": list(class_names),
+                 "num_classes": len(class_names), "mean": list(mean) if mean is not None else None,
+                 "std": list(std) if std is not None else None, **info}
+        exp = self.spec.expected_counts.get(split)
+        if exp is not None and exp != entry["count"] and self._default_count():
+            self.warn(f"split {split!r} has {entry['count']} files, {exp} expected")
+        self.manifest["splits"][split] = entry
+        return entry
+
+    def _default_count(self) -> bool:
+        return "count" not in self.spec.options or self.options.get("count") == self.spec.options.get("count")
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(base)).as_posix()
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def _read_origin(path: Path) -> str:
+    side = path.with_name(path.name + ".origin")
+    if side.exists():
+        try:
+            return json.loads(side.read_text()).get("url", "")
+        except (OSError, ValueError):
+            pass
+    return "local copy (system package or placed by hand)"
+
+
+Builder = Callable[[BuildContext], None]
+BUILDERS: dict[str, Builder] = {}
+
+
+def builder(name: str):
+    def deco(fn: Builder) -> Builder:
+        BUILDERS[name] = fn
+        return fn
+
+    return deco
+
+
+def _load_builders() -> None:
+    from . import imagenet, mini, paper  # noqa: F401  (register their builders)
+
+
+_NON_DATA_OPTIONS = set(DOWNLOAD_OPTIONS) | {"_backoff"}
+
+
+def _options_key(spec: DatasetSpec, opts: dict, sources: dict[str, Source]) -> str:
+    data_opts = {k: v for k, v in opts.items() if k not in _NON_DATA_OPTIONS}
+    src = sorted((s.filename, s.checksum, s.content_sha256) for s in sources.values())
+    return hashlib.sha256(json.dumps([FORMAT_VERSION, spec.builder, data_opts, src], sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
+
+
+def prepare(name: str, *, data_dir: Union[str, Path], options: Optional[dict] = None, progress: bool = True,
+            sources: Optional[dict[str, Source]] = None, force: bool = False) -> dict:
+    """Download, verify and convert ``name`` into ``data_dir/prepared/name``; return its manifest.
+
+    ``options``: the dataset's preparation options (``DATASETS[name].options`` plus, for downloadable sets,
+    ``mirrors``/``retries``/``timeout``); an unknown key is an error. ``sources`` replaces registry entries by file
+    name (tests, private mirrors). A prepared copy made with the same options that passes the fast check is reused
+    unless ``force``."""
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
+    _load_builders()
+    spec = DATASETS[name]
+    opts = resolve_options(spec, options)
+    srcs = {s.filename: s for s in spec.sources}
+    for fname, s in (sources or {}).items():
+        srcs[fname] = s
+    data_dir = Path(data_dir)
+    out = data_dir / "prepared" / name
+    key = _options_key(spec, opts, srcs)
+    if not force and (out / "manifest.json").exists():
+        try:
+            man = read_manifest(data_dir, name)
+            if man.get("options_key") == key:
+                for split in man.get("splits", {}):
+                    _check_split_files(out, name, split, man, "fast")
+                log.info("%s: prepared copy verified, reusing %s", name, out)
+                return man
+        except PreparedDataError as e:
+            log.warning("%s: prepared copy not reusable (%s); preparing again", name, str(e).splitlines()[0])
+    tmp = out.with_name(f".{name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        ctx = BuildContext(spec, opts, data_dir, tmp, progress, srcs)
+        BUILDERS[spec.builder](ctx)
+        missing = [s for s in spec.splits if s not in ctx.manifest["splits"]]
+        if missing:
+            raise RuntimeError(f"{name}: converter produced no {missing} split(s)")
+        manifest = {
+            "format": FORMAT_VERSION, "name": name, "role": spec.role, "benchmark": spec.benchmark,
+            "kind": spec.kind, "description": spec.description, "transform": spec.transform,
+            "options": {k: v for k, v in opts.items() if k not in _NON_DATA_OPTIONS}, "options_key": key,
+            **ctx.manifest,
+        }
+        manifest.setdefault("overlap_guard", {})
+        from ..io import write_json_atomic
+
+        write_json_atomic(tmp / "manifest.json", manifest)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------- reading
+def _fix_hint(name: str) -> str:
+    return f"re-run `dvc repro download@{name}` (or `python stages/download.py {name}`) to prepare it again"
+
+
+def read_manifest(data_dir: Union[str, Path], name: str) -> dict:
+    p = Path(data_dir) / "prepared" / name / "manifest.json"
+    if not p.exists():
+        raise PreparedDataError(f"{p}: not found; dataset {name!r} is not prepared. {_fix_hint(name)}.")
+    try:
+        return json.loads(p.read_text())
+    except ValueError as e:
+        raise PreparedDataError(f"{p}: unreadable manifest ({e}). {_fix_hint(name)}.") from None
+
+
+def _check_split_files(out: Path, name: str, split: str, man: dict, verify: str) -> None:
+    entry = man["splits"][split]
+    if "files_file" in entry:
+        checks = [(entry["files_file"], entry["files_bytes"], entry["files_sha256"], None)]
+    else:
+        checks = [(entry["images_file"], entry["images_bytes"], entry["images_sha256"], entry.get("images_probe")),
+                  (entry["labels_file"], entry["labels_bytes"], entry["labels_sha256"], entry.get("labels_probe"))]
+    for fname, nbytes, sha, probe in checks:
+        p = out / fname
+        problem = None
+        if not p.exists():
+            problem = "missing"
+        elif os.path.getsize(p) != nbytes:
+            problem = f"size {os.path.getsize(p):,} bytes, the manifest says {nbytes:,} (truncated or replaced)"
+        elif verify == "full" and sha256_file(p) != sha:
+            problem = "sha256 differs from the manifest (the file was changed after preparation)"
+        elif verify == "fast" and probe and probe_hash(p) != probe:
+            problem = "content differs from the manifest (the file was changed after preparation)"
+        if problem:
+            raise PreparedDataError(f"{p}: {problem}. {_fix_hint(name)}.")
+
+
+def load_split(data_dir: Union[str, Path], name: str, split: str, *, classes: Optional[Sequence[int]] = None,
+               relabel: bool = True, verify: str = "fast", mmap: bool = True) -> Union[ArraySplit, FileListSplit]:
+    """Load one prepared split, checked against its manifest.
+
+    ``verify``: "none", "fast" (sizes, shapes and a sampled content hash) or "full" (sha256 of every file).
+    ``classes`` keeps only those labels; with ``relabel`` they become 0..len(classes)-1 in the given order.
+    Array sets give an :class:`ArraySplit` (memory-mapped when no class filter applies), file-list sets a
+    :class:`FileListSplit`."""
+    if verify not in ("none", "fast", "full"):
+        raise ValueError(f"verify must be 'none', 'fast' or 'full', not {verify!r}")
+    data_dir = Path(data_dir)
+    out = data_dir / "prepared" / name
+    man = read_manifest(data_dir, name)
+    if split not in man.get("splits", {}):
+        raise PreparedDataError(f"{out}: dataset {name!r} has no split {split!r}; it has "
+                                f"{sorted(man.get('splits', {}))}")
+    entry = man["splits"][split]
+    if verify != "none":
+        _check_split_files(out, name, split, man, verify)
+    class_names = list(entry.get("class_names", []))
+    if "files_file" in entry:
+        doc = json.loads((out / entry["files_file"]).read_text())
+        root = Path(doc["root"])
+        root = root if root.is_absolute() else data_dir / root
+        sp = FileListSplit(root=root, files=list(doc["files"]), labels=np.asarray(doc["labels"], dtype=np.int64),
+                           class_names=list(doc.get("class_names", class_names)),
+                           mean=tuple(entry.get("mean") or ()), std=tuple(entry.get("std") or ()), name=name,
+                           split=split, info={k: v for k, v in entry.items() if k not in ("class_names",)})
+        if classes is not None:
+            return _select_classes(sp, classes, relabel)
+        return sp
+    ip, lp = out / entry["images_file"], out / entry["labels_file"]
+    try:
+        images = np.load(ip, mmap_mode="r" if mmap else None)
+        labels = np.load(lp)
+    except (ValueError, OSError, EOFError) as e:
+        raise PreparedDataError(f"{ip}: cannot be read as .npy ({e}). {_fix_hint(name)}.") from None
+    if list(images.shape) != list(entry["shape"]) or images.dtype != np.uint8:
+        raise PreparedDataError(f"{ip}: shape {images.shape} {images.dtype}, the manifest says {entry['shape']} "
+                                f"uint8. {_fix_hint(name)}.")
+    if labels.shape != (len(images),) or labels.dtype != np.int64:
+        raise PreparedDataError(f"{lp}: {labels.shape} {labels.dtype} labels for {len(images)} images. "
+                                f"{_fix_hint(name)}.")
+    sp = ArraySplit(images=images, labels=labels, class_names=class_names, mean=tuple(entry["mean"]),
+                    std=tuple(entry["std"]), name=name, split=split)
+    if classes is not None:
+        return _select_classes(sp, classes, relabel)
+    return sp
+
+
+def _select_classes(sp, classes: Sequence[int], relabel: bool):
+    classes = [int(c) for c in classes]
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"{sp.name}/{sp.split}: duplicate entries in classes={classes}")
+    known = set(range(len(sp.class_names))) if sp.class_names else set(int(v) for v in np.unique(sp.labels))
+    bad = [c for c in classes if c not in known]
+    if bad:
+        raise ValueError(f"{sp.name}/{sp.split}: classes {bad} do not exist (labels are {sorted(known)[:20]}"
+                         f"{'...' if len(known) > 20 else ''})")
+    labels = np.asarray(sp.labels)
+    idx = np.flatnonzero(np.isin(labels, classes))
+    out = subset(sp, idx)
+    names = [sp.class_names[c] for c in classes] if sp.class_names else []
+    if relabel:
+        lut = np.full(max(max(classes), int(labels.max(initial=0))) + 1, -1, dtype=np.int64)
+        lut[classes] = np.arange(len(classes))
+        out.labels = lut[np.asarray(out.labels)]
+        out.class_names = names
+    return out
