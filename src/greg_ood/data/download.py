@@ -24,6 +24,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -33,6 +34,8 @@ log = logging.getLogger("greg_ood.data")
 
 USER_AGENT = "greg-ood-data/0.1 (+https://github.com/o4lc/Greg-OOD reproduction)"
 CHUNK = 1 << 20
+#: seconds before the second attempt at a URL (doubled each attempt, at most 60 s); tests lower it
+DEFAULT_BACKOFF = 1.0
 
 
 class DownloadError(RuntimeError):
@@ -89,15 +92,16 @@ def verify_file(path: Path | str, source: Source) -> tuple[bool, str]:
 
 
 # ----------------------------------------------------------------------------------------------------- system copies
-def system_files(package: str) -> list[Path]:
-    """Files of an installed Debian package (``dpkg -L``); [] where dpkg or the package is missing."""
+@lru_cache(maxsize=None)
+def system_files(package: str) -> tuple[Path, ...]:
+    """Files of an installed Debian package (``dpkg -L``); () where dpkg or the package is missing."""
     try:
         out = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
-        return []
+        return ()
     if out.returncode != 0:
-        return []
-    return [Path(line) for line in out.stdout.splitlines() if line.strip() and Path(line).is_file()]
+        return ()
+    return tuple(Path(line) for line in out.stdout.splitlines() if line.strip() and Path(line).is_file())
 
 
 def find_system_copy(source: Source) -> Optional[Path]:
@@ -105,6 +109,10 @@ def find_system_copy(source: Source) -> Optional[Path]:
         for p in system_files(pkg):
             if p.name == source.filename and verify_file(p, source)[0]:
                 return p
+    for d in source.system_dirs:
+        p = Path(d) / source.filename
+        if p.is_file() and verify_file(p, source)[0]:
+            return p
     return None
 
 
@@ -128,11 +136,12 @@ def manual_message(source: Source, dest: Path, dataset: str, errors: Sequence[st
 
 
 def fetch(source: Source, dest_dir: Path | str, *, dataset: str = "?", progress: bool = True, retries: int = 4,
-          timeout: float = 60.0, backoff: float = 1.0, extra_urls: Iterable[str] = (),
+          timeout: float = 60.0, backoff: Optional[float] = None, extra_urls: Iterable[str] = (),
           sleep: Callable[[float], None] = time.sleep) -> Path:
     """Return the path of a verified copy of ``source`` (downloading it into ``dest_dir`` if needed)."""
     dest_dir = Path(dest_dir)
     dest = dest_dir / source.filename
+    backoff = DEFAULT_BACKOFF if backoff is None else backoff
     note = ""
     if dest.exists():
         ok, detail = verify_file(dest, source)
@@ -143,6 +152,7 @@ def fetch(source: Source, dest_dir: Path | str, *, dataset: str = "?", progress:
             return dest
         bad = dest.with_name(dest.name + ".bad")
         os.replace(dest, bad)
+        dest.with_name(dest.name + ".origin").unlink(missing_ok=True)
         note = f"the copy at {dest} failed verification ({detail}); moved to {bad}."
         log.warning("%s: %s -> moved aside to %s, fetching again", dest, detail, bad)
     sys_copy = find_system_copy(source)

@@ -226,7 +226,7 @@ class BuildContext:
         path = fetch(src, self.raw_dir, dataset=self.name, progress=self.progress,
                      retries=int(self.options.get("retries", DOWNLOAD_OPTIONS["retries"])),
                      timeout=float(self.options.get("timeout", DOWNLOAD_OPTIONS["timeout"])),
-                     backoff=float(self.options.get("_backoff", 1.0)), extra_urls=extra)
+                     extra_urls=extra)
         origin = _read_origin(path)
         algo, want = src.checksum
         self.manifest["sources"].append({
@@ -345,7 +345,7 @@ def _load_builders() -> None:
     from . import imagenet, mini, paper  # noqa: F401  (register their builders)
 
 
-_NON_DATA_OPTIONS = set(DOWNLOAD_OPTIONS) | {"_backoff"}
+_NON_DATA_OPTIONS = set(DOWNLOAD_OPTIONS)
 
 
 def _options_key(spec: DatasetSpec, opts: dict, sources: dict[str, Source]) -> str:

@@ -29,6 +29,8 @@ class Source:
     content_sha256: Optional[str] = None
     #: names of Debian packages whose files may hold this source (looked up with ``dpkg -L``)
     system_packages: tuple[str, ...] = ()
+    #: folders checked for the file when dpkg is not available
+    system_dirs: tuple[str, ...] = ()
     #: extra places (not URLs) worth mentioning when a manual download is needed
     alternatives: tuple[str, ...] = ()
     #: False: only a local copy is possible (ImageNet)
@@ -110,7 +112,7 @@ def _fmnist(fname: str) -> Source:
     return Source(fname, (f"https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/{fname}",
                           f"http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/{fname}"),
                   md5=_FMNIST_MD5[fname], content_sha256=_FMNIST_CONTENT[fname],
-                  system_packages=("dataset-fashion-mnist",))
+                  system_packages=("dataset-fashion-mnist",), system_dirs=(FMNIST_DIR,))
 
 
 _DTD = Source("dtd-r1.0.1.tar.gz", ("https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",),

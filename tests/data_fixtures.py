@@ -1,0 +1,204 @@
+"""Helpers for the data tests: a local HTTP file server with failure modes, and small archives in the exact
+formats of the real datasets (CIFAR python tarballs, SVHN .mat, image-folder tar.gz, TI-300K .npy)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import socket
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from greg_ood.data import Source
+
+
+class FileServer:
+    """Serves ``files`` (url path -> bytes) on 127.0.0.1 with HTTP Range support. ``modes[path]`` is a list of
+    per-request behaviours consumed in order: "cut" (promise the whole body, send half, close), "corrupt" (right
+    length, wrong bytes), "html" (an HTML page), "404", "500", "norange" (ignore Range, send 200)."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.modes: dict[str, list[str]] = {}
+        self.log: list[tuple[str, str]] = []  # (path, Range header)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):  # quiet
+                pass
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                rng = self.headers.get("Range", "")
+                server.log.append((path, rng))
+                mode = server.modes.get(path, []).pop(0) if server.modes.get(path) else ""
+                if path not in server.files or mode == "404":
+                    return self._plain(404, b"not found")
+                if mode == "500":
+                    return self._plain(500, b"oops")
+                if mode == "html":
+                    return self._plain(200, b"<html><body>sign in</body></html>", "text/html; charset=utf-8")
+                body = server.files[path]
+                if mode == "corrupt":
+                    body = bytes(255 - b for b in body)
+                start = 0
+                if rng.startswith("bytes=") and mode != "norange":
+                    start = int(rng[6:].split("-")[0])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(body)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                part = body[start:]
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(part)))
+                if mode == "cut":
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(part[: max(1, len(part) // 2)])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.end_headers()
+                self.wfile.write(part)
+
+            def _plain(self, code, data, ctype="text/plain"):
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def add(self, path: str, data: bytes) -> str:
+        self.files[path] = data
+        return self.url(path)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+def closed_port_url(name: str = "/x") -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}{name}"
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def source_for(filename: str, data: bytes, urls, **kw) -> Source:
+    return Source(filename, tuple(urls), md5=md5(data), size=len(data), **kw)
+
+
+# ----------------------------------------------------------------------------------------------------- formats
+def _tar_gz(members: dict[str, bytes], compression: str = "gz") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}" if compression else "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def cifar10_tarball(n_per_batch: int = 6, seed: int = 0) -> tuple[bytes, dict]:
+    """A cifar-10-python.tar.gz with 5 train batches + test batch; returns (bytes, expected arrays)."""
+    rng = np.random.RandomState(seed)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    members, train_x, train_y = {}, [], []
+    for i in range(1, 7):
+        hwc = rng.randint(0, 256, size=(n_per_batch, 32, 32, 3)).astype(np.uint8)
+        y = rng.randint(0, 10, size=n_per_batch).tolist()
+        planar = hwc.transpose(0, 3, 1, 2).reshape(n_per_batch, 3072)
+        key = f"data_batch_{i}" if i <= 5 else "test_batch"
+        members[f"cifar-10-batches-py/{key}"] = pickle.dumps(
+            {"batch_label": key, "labels": y, "data": planar, "filenames": [f"{key}_{j}.png" for j in range(len(y))]},
+            protocol=2)
+        if i <= 5:
+            train_x.append(hwc)
+            train_y += y
+        else:
+            test = (hwc, np.asarray(y))
+    members["cifar-10-batches-py/batches.meta"] = pickle.dumps(
+        {"label_names": names, "num_cases_per_batch": n_per_batch, "num_vis": 3072}, protocol=2)
+    members["cifar-10-batches-py/readme.html"] = b"<html></html>"
+    return _tar_gz(members), {"train": (np.concatenate(train_x), np.asarray(train_y)), "test": test,
+                              "names": names}
+
+
+def cifar100_tarball(n: int = 8, seed: int = 1) -> tuple[bytes, dict]:
+    rng = np.random.RandomState(seed)
+    fine = [f"class{i:03d}" for i in range(100)]
+    members, exp = {}, {"names": fine}
+    for split in ("train", "test"):
+        hwc = rng.randint(0, 256, size=(n, 32, 32, 3)).astype(np.uint8)
+        y = rng.randint(0, 100, size=n).tolist()
+        members[f"cifar-100-python/{split}"] = pickle.dumps(
+            {"data": hwc.transpose(0, 3, 1, 2).reshape(n, 3072), "fine_labels": y,
+             "coarse_labels": [v // 5 for v in y], "filenames": [f"{j}.png" for j in range(n)]}, protocol=2)
+        exp[split] = (hwc, np.asarray(y))
+    members["cifar-100-python/meta"] = pickle.dumps(
+        {"fine_label_names": fine, "coarse_label_names": [f"super{i}" for i in range(20)]}, protocol=2)
+    return _tar_gz(members), exp
+
+
+def svhn_mat(n: int = 7, seed: int = 2) -> tuple[bytes, dict]:
+    import scipy.io
+
+    rng = np.random.RandomState(seed)
+    x = rng.randint(0, 256, size=(32, 32, 3, n)).astype(np.uint8)
+    y = rng.randint(1, 11, size=(n, 1)).astype(np.uint8)  # 10 means digit 0
+    y[0, 0] = 10
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"X": x, "y": y})
+    return buf.getvalue(), {"images": x.transpose(3, 0, 1, 2), "labels": y.reshape(-1).astype(np.int64) % 10}
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def png(arr: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def image_folder_tarball(layout: dict[str, np.ndarray], compression: str = "gz", fmt: str = "PNG") -> bytes:
+    """tar(.gz) of image files: member path -> H×W×3 uint8 array."""
+    return _tar_gz({name: png(a, fmt) for name, a in layout.items()}, compression)
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
