@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup mini repro test test-fast bench mlflow-ui dvc.yaml fashion-mnist clean-mini
+.PHONY: setup mini repro test test-fast bench mlflow-ui mlflow-server dvc.yaml fashion-mnist
 
 setup: $(VENV)/.installed
 
@@ -54,3 +54,7 @@ mlflow-ui: setup
 
 dvc.yaml: setup
 	$(BIN)/python -m greg_ood.dvcgen params.yaml > dvc.yaml.tmp && mv dvc.yaml.tmp dvc.yaml
+
+# Team tracking server (PostgreSQL backend; see docs/team-server.md)
+mlflow-server: setup
+	tools/mlflow_server.sh
