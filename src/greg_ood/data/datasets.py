@@ -27,6 +27,13 @@ from .images import center_crop, open_image, resize_shorter
 IMAGENET_SIZE, IMAGENET_RESIZE = 224, 256
 
 
+def _writable(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous array torch may wrap (memory maps and read-only views are copied)."""
+    if a.flags.c_contiguous and a.flags.writeable and not isinstance(a, np.memmap):
+        return a
+    return np.array(a, order="C")
+
+
 def _steps(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else math.ceil(n / batch_size)
 
@@ -51,7 +58,7 @@ class DeviceArraySource:
         if self.steps_per_epoch <= 0:
             raise ValueError(f"stream {stream!r}: {self.n} images is less than one batch of {batch_size} "
                              f"(drop_last); lower the batch size")
-        self.data = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device).permute(0, 3, 1, 2).contiguous()
+        self.data = torch.from_numpy(_writable(arr)).to(self.device).permute(0, 3, 1, 2).contiguous()
         lab = np.full(self.n, -1, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
         if lab.shape != (self.n,):
             raise ValueError(f"{lab.shape} labels for {self.n} images")
@@ -104,7 +111,7 @@ def iter_eval(images, *, batch_size: int, device, mean: Sequence[float], std: Se
         return
     n = len(images)
     for i in range(0, n, batch_size):
-        chunk = np.ascontiguousarray(images[i:i + batch_size])
+        chunk = _writable(np.asarray(images[i:i + batch_size]))
         if chunk.dtype != np.uint8 or chunk.ndim != 4:
             raise ValueError(f"images must be uint8 N×H×W×C, got {chunk.dtype} {chunk.shape}")
         x = torch.from_numpy(chunk).to(device, non_blocking=True).permute(0, 3, 1, 2)
@@ -147,11 +154,11 @@ def decode_train(path: Union[str, Path], aug_seed: int, size: int = IMAGENET_SIZ
     a = np.asarray(im, dtype=np.uint8)
     if rng.random() < 0.5:
         a = a[:, ::-1]
-    return np.ascontiguousarray(a)
+    return np.array(a, order="C")  # a writable copy
 
 
 def decode_test(path: Union[str, Path], size: int = IMAGENET_SIZE, resize: int = IMAGENET_RESIZE) -> np.ndarray:
-    return np.asarray(center_crop(resize_shorter(open_image(path), resize), size), dtype=np.uint8)
+    return np.array(center_crop(resize_shorter(open_image(path), resize), size), dtype=np.uint8)
 
 
 class FileImages:
