@@ -202,3 +202,33 @@ def test_registry_is_complete():
                 assert s.urls[0].startswith("https://") or "ufldl" in s.urls[0], s.urls[0]
     assert D.DATASETS["cifar10"].sources[0].md5 == "c58f30108f718f92721af3b95e74349a"
     assert D.DATASETS["places365"].options == {"places_source": "val_256", "count": 10000, "seed": 0}
+
+
+def test_parsing_agrees_with_torchvision_dataset_classes(server, tmp_path, monkeypatch):
+    """Our CIFAR/SVHN converters read the same arrays as torchvision's classes on the same local files (their
+    hard-coded checksums are bypassed for the small test archives)."""
+    import tarfile
+
+    from greg_ood._torchvision_compat import import_torchvision
+
+    tv = import_torchvision()
+    monkeypatch.setattr(tv.datasets.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(tv.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    monkeypatch.setattr(tv.datasets.SVHN, "_check_integrity", lambda self: True)
+    data, _ = cifar10_tarball()
+    _prep("cifar10", tmp_path, _serve(server, "c10", "cifar-10-python.tar.gz", data))
+    with tarfile.open(tmp_path / "raw" / "cifar10" / "cifar-10-python.tar.gz") as t:
+        t.extractall(tmp_path / "tv", filter="data")
+    for train, split in ((True, "train"), (False, "test")):
+        ref = tv.datasets.CIFAR10(str(tmp_path / "tv"), train=train, download=False)
+        ours = D.load_split(tmp_path, "cifar10", split)
+        np.testing.assert_array_equal(ours.images, ref.data)
+        np.testing.assert_array_equal(ours.labels, np.asarray(ref.targets))
+        assert ours.class_names == ref.classes
+    mat, _ = svhn_mat()
+    _prep("svhn", tmp_path, _serve(server, "s", "test_32x32.mat", mat))
+    write(tmp_path / "tvs" / "test_32x32.mat", mat)
+    ref = tv.datasets.SVHN(str(tmp_path / "tvs"), split="test", download=False)
+    ours = D.load_split(tmp_path, "svhn", "test")
+    np.testing.assert_array_equal(ours.images, ref.data.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(ours.labels, ref.labels)

@@ -45,6 +45,9 @@ class DeviceArraySource:
     def __init__(self, images, labels, *, batch_size: int, device, mean: Sequence[float], std: Sequence[float],
                  crop_padding: int = 0, flip: bool = False, seed: int = 0, stream: str = "id",
                  drop_last: bool = True):
+        if isinstance(images, FileImages):
+            raise TypeError("DeviceArraySource holds a whole array on the device; for a file-list split use "
+                            "FileListSource (or greg_ood.data.train_source, which picks the right one)")
         arr = np.asarray(images)
         if arr.dtype != np.uint8 or arr.ndim != 4:
             raise ValueError(f"images must be uint8 N×H×W×C, got {arr.dtype} {arr.shape}")
@@ -285,6 +288,16 @@ class FileListSource:
         for x, y in self._loader:
             x = x.to(self.device, non_blocking=True)
             yield normalize(x, self.mean, self.std), y.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        """Stop the worker processes (a later call starts new ones)."""
+        if self._cursor is not None:
+            self._cursor[2].close()
+            self._cursor = None
+        it = getattr(self._loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self._loader._iterator = None
 
     def batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= step < self.steps_per_epoch:

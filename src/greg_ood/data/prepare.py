@@ -399,7 +399,7 @@ def prepare(name: str, *, data_dir: Union[str, Path], options: Optional[dict] = 
             "options": {k: v for k, v in opts.items() if k not in _NON_DATA_OPTIONS}, "options_key": key,
             **ctx.manifest,
         }
-        manifest.setdefault("overlap_guard", {})
+        manifest["overlap_guard"] = _within_dataset_overlap(tmp, manifest)
         from ..io import write_json_atomic
 
         write_json_atomic(tmp / "manifest.json", manifest)
@@ -408,6 +408,16 @@ def prepare(name: str, *, data_dir: Union[str, Path], options: Optional[dict] = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _within_dataset_overlap(folder: Path, manifest: dict) -> dict:
+    """Exact duplicates of test images among the training images of the same dataset (array sets)."""
+    sp = manifest["splits"]
+    if manifest.get("kind") != "array" or "train" not in sp or "test" not in sp:
+        return {}
+    tr = np.load(folder / sp["train"]["images_file"], mmap_mode="r")
+    te = np.load(folder / sp["test"]["images_file"], mmap_mode="r")
+    return {"test_in_train": overlap_guard(tr, {"test": te})["test"]}
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
