@@ -173,3 +173,20 @@ def test_file_list_source_test_mode_and_iter_eval(tiny_imagenet):
     assert torch.allclose(ev[0] * std + mean, ref, atol=1e-6)
     sub = va.images[np.array([1, 3])]
     assert np.asarray(sub).shape == (2, 224, 224, 3) and np.asarray(sub).dtype == np.uint8
+
+
+def test_overlap_guard_on_file_lists(tiny_imagenet):
+    import shutil
+
+    root, data, _, _, _ = tiny_imagenet
+    va = D.load_split(data, "imagenet", "val")
+    aux = D.load_split(data, "imagenet", "aux")
+    assert D.overlap_guard(aux, {"val": va}) == {"val": 0}
+    dup = root / "train" / aux.files[0].split("/")[1] / "copied_val.JPEG"
+    shutil.copyfile(va.paths[3], dup)
+    aux2 = D.FileListSplit(root=root, files=aux.files + [dup.relative_to(root).as_posix()],
+                           labels=np.full(len(aux) + 1, -1), class_names=[], mean=aux.mean, std=aux.std)
+    try:
+        assert D.overlap_guard(aux2, {"val": va}) == {"val": 1}
+    finally:
+        dup.unlink()

@@ -24,6 +24,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -163,6 +164,28 @@ def fetch(source: Source, dest_dir: Path | str, *, dataset: str = "?", progress:
     if not source.downloadable or not urls:
         raise ManualDownloadRequired(manual_message(source, dest, dataset, note=note or "it is never downloaded."))
     dest_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest):  # two stages sharing an archive (dtd, dtd_imagenet) never write one .part together
+        if dest.exists() and verify_file(dest, source)[0]:
+            return dest  # fetched by another process meanwhile
+        return _fetch_urls(source, dest, urls, dataset=dataset, progress=progress, retries=retries,
+                           timeout=timeout, backoff=backoff, sleep=sleep, note=note)
+
+
+@contextmanager
+def _exclusive(dest: Path):
+    lock = dest.with_name(dest.name + ".lock")
+    with open(lock, "a") as fh:
+        try:
+            import fcntl
+
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except (ImportError, OSError):  # no flock (Windows, some network file systems): proceed unlocked
+            pass
+        yield
+
+
+def _fetch_urls(source: Source, dest: Path, urls: list[str], *, dataset: str, progress: bool, retries: int,
+                timeout: float, backoff: float, sleep, note: str) -> Path:
     errors: list[str] = []
     for url in urls:
         for attempt in range(max(1, retries)):

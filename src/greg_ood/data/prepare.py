@@ -299,7 +299,7 @@ class BuildContext:
                "class_names": list(class_names)}
         fp.write_text(json.dumps(doc))
         entry = {"count": len(files), "files_file": fp.name, "files_bytes": os.path.getsize(fp),
-                 "files_sha256": sha256_file(fp), "root": doc["root"], "class_names": list(class_names),
+                 "files_sha256": sha256_file(fp), "files_probe": probe_hash(fp), "root": doc["root"], "class_names": list(class_names),
                  "num_classes": len(class_names), "mean": list(mean) if mean is not None else None,
                  "std": list(std) if std is not None else None, **info}
         exp = self.spec.expected_counts.get(split)
@@ -449,7 +449,7 @@ def read_manifest(data_dir: Union[str, Path], name: str) -> dict:
 def _check_split_files(out: Path, name: str, split: str, man: dict, verify: str) -> None:
     entry = man["splits"][split]
     if "files_file" in entry:
-        checks = [(entry["files_file"], entry["files_bytes"], entry["files_sha256"], None)]
+        checks = [(entry["files_file"], entry["files_bytes"], entry["files_sha256"], entry.get("files_probe"))]
     else:
         checks = [(entry["images_file"], entry["images_bytes"], entry["images_sha256"], entry.get("images_probe")),
                   (entry["labels_file"], entry["labels_bytes"], entry["labels_sha256"], entry.get("labels_probe"))]
