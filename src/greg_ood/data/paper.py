@@ -1,7 +1,6 @@
 """Converters for the CIFAR benchmark: CIFAR-10/100, TI-300K, and the OOD test sets at 32×32 (data.md §2)."""
 from __future__ import annotations
 
-import io
 import logging
 import pickle
 import tarfile
