@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-__all__ = ["ood_metrics", "fpr_at_tpr", "roc_points", "accuracy", "mean_over_sets", "mean_std_over_seeds",
+__all__ = ["ood_metrics", "fpr_at_tpr", "auroc", "aupr_in", "aupr_out", "roc_points", "accuracy", "mean_over_sets", "mean_std_over_seeds",
            "METRIC_KEYS", "FPR_RULES"]
 
 METRIC_KEYS = ("fpr95", "auroc", "aupr_in", "aupr_out")
@@ -84,6 +84,24 @@ def fpr_at_tpr(score_id, score_ood, tpr: float = 0.95, positive: str = "id", fpr
     return float(fpr[cut])
 
 
+def auroc(score_id, score_ood) -> float:
+    """Area under the ROC curve, ``roc_auc_score`` with ID = 1 (independent of the positive class)."""
+    y, s = _labels_scores(_to_numpy(score_id, "score_id"), _to_numpy(score_ood, "score_ood"))
+    return float(roc_auc_score(y, s))
+
+
+def aupr_in(score_id, score_ood) -> float:
+    """Average precision with ID positive and the score as is (the only AUPR of the GReg code)."""
+    y, s = _labels_scores(_to_numpy(score_id, "score_id"), _to_numpy(score_ood, "score_ood"))
+    return float(average_precision_score(y, s))
+
+
+def aupr_out(score_id, score_ood) -> float:
+    """Average precision with OOD positive and the negated score."""
+    y, s = _labels_scores(_to_numpy(score_id, "score_id"), _to_numpy(score_ood, "score_ood"))
+    return float(average_precision_score(1 - y, -s))
+
+
 def ood_metrics(score_id, score_ood, positive: str = "id", tpr: float = 0.95, fpr_rule: str = "closest") -> dict:
     """``{"fpr95", "auroc", "aupr_in", "aupr_out"}`` (fractions) for ID scores vs one OOD set's scores.
 
@@ -91,13 +109,8 @@ def ood_metrics(score_id, score_ood, positive: str = "id", tpr: float = 0.95, fp
     ``fpr95`` is the FPR at ``tpr`` (0.95 by default) under ``positive`` / ``fpr_rule`` (module docstring).
     """
     sid, sood = _to_numpy(score_id, "score_id"), _to_numpy(score_ood, "score_ood")
-    y, s = _labels_scores(sid, sood)
-    return {
-        "fpr95": fpr_at_tpr(sid, sood, tpr=tpr, positive=positive, fpr_rule=fpr_rule),
-        "auroc": float(roc_auc_score(y, s)),
-        "aupr_in": float(average_precision_score(y, s)),
-        "aupr_out": float(average_precision_score(1 - y, -s)),
-    }
+    return {"fpr95": fpr_at_tpr(sid, sood, tpr=tpr, positive=positive, fpr_rule=fpr_rule),
+            "auroc": auroc(sid, sood), "aupr_in": aupr_in(sid, sood), "aupr_out": aupr_out(sid, sood)}
 
 
 def roc_points(score_id, score_ood, max_points: int = 200, positive: str = "id") -> list[dict]:

@@ -97,7 +97,7 @@ def _kmeanspp(x: torch.Tensor, x_sq: torch.Tensor, k: int, R: int, generator, n_
 
 def kmeans(x: torch.Tensor, k: int, *, n_init: int = 3, max_iter: int = 300, tol: float = 1e-4,
            generator: Optional[torch.Generator] = None, check_every: int = 4, n_local_trials: Optional[int] = None,
-           chunk: int = 65536):
+           chunk: Optional[int] = None):
     """k-means on ``x`` [n, d] on its own device, mirroring scikit-learn ``KMeans(n_clusters=k, n_init=n_init)``:
 
     * greedy k-means++ initialisation with ``2 + floor(ln k)`` local trials per centre;
@@ -109,7 +109,8 @@ def kmeans(x: torch.Tensor, k: int, *, n_init: int = 3, max_iter: int = 300, tol
     * the restart with the lowest inertia is returned.
 
     All ``n_init`` restarts run **batched** in the same tensor ops (finished restarts are frozen); the only host
-    synchronisation is a convergence check every ``check_every`` iterations.
+    synchronisation is a convergence check every ``check_every`` iterations. Distances are computed in row chunks
+    of ``chunk`` rows (default: about 2^24 distances per chunk), so large pools fit in memory.
 
     Returns ``(labels [n] long, centers [k, d], inertia 0-dim tensor)``.
     """
@@ -128,6 +129,7 @@ def kmeans(x: torch.Tensor, k: int, *, n_init: int = 3, max_iter: int = 300, tol
     x_sq = x.pow(2).sum(1)
     tol_abs = float(tol) * float(x.var(dim=0, unbiased=False).mean()) if tol > 0 else 0.0
     R = n_init
+    chunk = int(chunk) if chunk else max(1024, (1 << 24) // (R * k))
     centers = _kmeanspp(x, x_sq, k, R, generator, n_local_trials)
     labels = torch.full((R, n), -1, dtype=torch.long, device=x.device)
     done = torch.zeros(R, dtype=torch.bool, device=x.device)
