@@ -61,7 +61,14 @@ def test_sigkill_at_random_points_resumes_identically(tmp_path):
             break
         p = subprocess.Popen([sys.executable, str(DRIVER), str(killed), "--slow", "0.15"], env=_env(killed),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        time.sleep(rnd.uniform(4.0, 9.0))  # imports take a few seconds; the kill lands somewhere in training
+        # wait until training has written a checkpoint (after the first kill: a newer one), then kill at a random
+        # moment: inside a step, between steps, or while a checkpoint is being written
+        ck = killed / "ckpt" / "run.pt"
+        before = ck.stat().st_mtime_ns if ck.exists() else 0
+        deadline = time.time() + 120
+        while p.poll() is None and time.time() < deadline and not (ck.exists() and ck.stat().st_mtime_ns != before):
+            time.sleep(0.05)
+        time.sleep(rnd.uniform(0.0, 1.5))
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()

@@ -89,10 +89,11 @@ def load_model(path: Path, model: torch.nn.Module, device: torch.device) -> torc
 
 
 def id_source(sd: SuiteData, cfg: C.Config, suite: str, *, batch_size: int, seed: int, device, augment=True):
+    """Device-resident arrays for small-image suites, a DataLoader over file lists for ImageNet."""
     a = cfg.suite(suite).data.augment
-    return D.DeviceArraySource(sd.id_train.images, sd.id_train.labels, batch_size=batch_size, device=device,
-                               mean=sd.mean, std=sd.std, crop_padding=a.crop_padding if augment else 0,
-                               flip=a.flip and augment, seed=seed, stream="id")
+    return D.train_source(sd.id_train, batch_size=batch_size, device=device, mean=sd.mean, std=sd.std,
+                          crop_padding=a.crop_padding if augment else 0, flip=a.flip and augment, seed=seed,
+                          stream="id")
 
 
 def candidate_batch_size(tcfg: C.TrainCfg, method: str, n_id: int, n_aux: int) -> int:
@@ -110,12 +111,11 @@ def candidate_batch_size(tcfg: C.TrainCfg, method: str, n_id: int, n_aux: int) -
 def aux_source(sd: SuiteData, cfg: C.Config, suite: str, *, batch_size: int, seed: int, device,
                indices: Optional[np.ndarray] = None):
     a = cfg.suite(suite).data.augment
-    imgs = sd.aux.images
-    if indices is not None and len(indices) < len(imgs):
-        imgs = imgs[np.asarray(indices)]
-    labels = np.full(len(imgs), -1, dtype=np.int64)
-    return D.DeviceArraySource(imgs, labels, batch_size=batch_size, device=device, mean=sd.mean, std=sd.std,
-                               crop_padding=a.crop_padding, flip=a.flip, seed=seed, stream="aux")
+    split = sd.aux
+    if indices is not None and len(indices) < len(split.labels):
+        split = D.subset(split, np.asarray(indices))
+    return D.train_source(split, batch_size=batch_size, device=device, mean=sd.mean, std=sd.std,
+                          crop_padding=a.crop_padding, flip=a.flip, seed=seed, stream="aux")
 
 
 def channel_std(sd: SuiteData) -> list:
