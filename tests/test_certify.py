@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from greg_ood import certify as CT
 from greg_ood import models

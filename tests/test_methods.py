@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from greg_ood import certify as CT
 from greg_ood import losses as L
 from greg_ood import methods as M
 from greg_ood import models

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import random
@@ -549,11 +548,19 @@ def run(*, quick: bool = False, smoke: bool = False, out: Optional[Path] = Path(
     """Run the benchmark (see the module docstring); returns the result dict and writes it under ``out``
     (``None``: no files). ``threads`` sets torch's intra-op threads for the run (restored afterwards)."""
     old_threads = torch.get_num_threads()
+    limit = nullcontext()
     if threads:
         torch.set_num_threads(int(threads))
+        try:  # scikit-learn's OpenMP/BLAS pools get the same limit, for a like-for-like comparison
+            from threadpoolctl import threadpool_limits
+
+            limit = threadpool_limits(int(threads))
+        except ImportError:  # pragma: no cover
+            pass
     try:
-        return _run(quick=quick, smoke=smoke, out=out, models=models, device=device, amp=amp, repeats=repeats,
-                    warmup=warmup, note=note, log=log)
+        with limit:
+            return _run(quick=quick, smoke=smoke, out=out, models=models, device=device, amp=amp, repeats=repeats,
+                        warmup=warmup, note=note, log=log)
     finally:
         torch.set_num_threads(old_threads)
 
@@ -616,7 +623,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--models", nargs="+", default=None, help=f"subset of {list(MODELS)}")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (validated against fp32)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="intra-op threads for torch and scikit-learn's thread pools (default: library defaults)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--note", default="", help="free text recorded in the report (e.g. machine shared)")

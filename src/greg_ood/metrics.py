@@ -22,7 +22,7 @@ average precision with OOD positive and score -s.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional
 
 import numpy as np
 import torch
