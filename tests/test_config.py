@@ -99,8 +99,8 @@ def test_experiment_names_and_ablation_labels():
     cfg = C.load(ROOT / "params.yaml")
     e = cfg.experiment("mini", "greg", "small_cnn", 0)
     assert e.name == "mini-greg-small_cnn-s0"
-    a = cfg.experiment("mini", "greg", "small_cnn", 1, ablation_lambda=3)
-    assert a.name == "mini-greg-small_cnn-s1-lg3.0" and a.train.loss.lambda_grad == 3.0
+    a = cfg.experiment("mini", "greg", "small_cnn", 1, ablation_lambda=10)
+    assert a.name == "mini-greg-small_cnn-s1-lg10.0" and a.train.loss.lambda_grad == 10.0
     with pytest.raises(C.ConfigError, match="not listed"):
         cfg.experiment("mini", "greg", "small_cnn", 1, ablation_lambda=7)
 

@@ -103,7 +103,7 @@ def test_nan_loss_stops_with_step_and_components_and_keeps_checkpoint(tmp_path):
     (d / "params.yaml").write_text(yaml.safe_dump(raw))
     r = _run(d)
     assert r.returncode != 0
-    assert "non-finite loss" in r.stderr and "components" in r.stderr and "step" in r.stderr
+    assert "NonFiniteLossError" in r.stderr and "components" in r.stderr and "step" in r.stderr
     ck = d / "ckpt" / "run.pt"
     if ck.exists():  # whatever was saved before the blow-up is a loadable, finite checkpoint
         state = torch.load(ck, weights_only=True)

@@ -222,6 +222,7 @@ class Trainer:
         if self.uses_aux and aux_source is None:
             raise ValueError(f"method {method!r} needs auxiliary outliers but no aux_source was given")
         self.global_step = 0
+        self._last_components: dict = {}
 
     # ---- checkpoint
     def state(self, epoch: int, step: int) -> dict:
@@ -231,7 +232,16 @@ class Trainer:
                 "global_step": self.global_step, "config_hash": self.config_hash, "method": self.method,
                 "rng": _rng_state(), "extra": self.extra_state}
 
+    def _check_weights(self, epoch: int, step: int) -> None:
+        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteLossError(
+                f"model weights became non-finite by epoch {epoch} step {step} (global step {self.global_step}); "
+                f"first bad tensors: {bad[:3]}; last step's loss components: {self._last_components}. Not saving: "
+                f"the last good checkpoint ({self.ckpt_path}) is intact. Lower the learning rate or lambda_grad.")
+
     def save(self, epoch: int, step: int) -> None:
+        self._check_weights(epoch, step)
         if self.ckpt_path is not None and (self.dist is None or self.dist.is_main):
             save_atomic(self.state(epoch, step), self.ckpt_path)
         if self.on_save is not None:
@@ -288,14 +298,21 @@ class Trainer:
                 if step >= self.steps_per_epoch:
                     break
                 if self.uses_aux:
-                    x_aux, roles = self.aux_batch(epoch, step, x_id.shape[0])
+                    try:
+                        x_aux, roles = self.aux_batch(epoch, step, x_id.shape[0])
+                    except ValueError as e:
+                        if "nan" not in str(e).lower() and "inf" not in str(e).lower():
+                            raise
+                        self._check_weights(epoch, step)
+                        raise NonFiniteLossError(f"non-finite candidate scores at epoch {epoch} step {step}: {e}; "
+                                                 f"last step's components: {self._last_components}") from None
                 else:
                     x_aux, roles = None, None
                 if self.dist is not None:
                     x_id, y_id, x_aux, roles = self.dist.shard(x_id, y_id, x_aux, roles)
                 loss, logs = M.training_step(model, x_id, y_id, x_aux, self.params, aux_roles=roles)
+                comps = {k: float(v) for k, v in logs.items() if _is_number(v)}
                 if not torch.isfinite(loss):
-                    comps = {k: float(v) for k, v in logs.items() if _is_number(v)}
                     raise NonFiniteLossError(
                         f"non-finite loss {float(loss)} at epoch {epoch} step {step} (global step {self.global_step}); "
                         f"components: {comps}. The last good checkpoint ({self.ckpt_path}) is intact; lower the "
@@ -305,6 +322,7 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.global_step += 1
+                self._last_components = comps
                 if self.global_step % self.log_every == 0 or step == self.steps_per_epoch - 1:
                     row = {k: float(v) for k, v in logs.items() if _is_number(v)}
                     row["lr"] = self.optimizer.param_groups[0]["lr"]
