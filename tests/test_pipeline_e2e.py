@@ -169,3 +169,33 @@ def test_dvc_exp_run_set_param(repo):
     assert "Running stage 'train_mini@energy-small_cnn-0'" not in r.stdout
     shown = _sh([str(BIN / "dvc"), "exp", "show", "--json"], d, env).stdout
     assert "lg3" in shown
+
+
+def test_queued_sweep_runs_in_parallel_and_builds_ablation_across_experiments(repo):
+    import time
+
+    d, env, _ = repo
+    dvc = str(BIN / "dvc")
+    _sh(["git", "add", "-A"], d, env)
+    _sh(["git", "commit", "-qm", "before sweep"], d, env, check=False)
+    _sh([dvc, "exp", "run", "--queue", "-S", "suites.mini.method_params.greg.loss.lambda_grad=0.5,2",
+         "report_mini"], d, env)
+    _sh([dvc, "queue", "start", "-j", "2"], d, env)
+    deadline = time.time() + 1500
+    while time.time() < deadline:
+        st = _sh([dvc, "queue", "status"], d, env).stdout
+        if "Queued" not in st and "Running" not in st:
+            break
+        time.sleep(5)
+    assert "Failed" not in st, st + "".join(
+        p.read_text()[-3000:] for p in (d / ".dvc" / "tmp" / "exps" / "run").rglob("*.out"))
+    assert st.count("Success") >= 2, st
+    shown = _sh([dvc, "exp", "show", "--csv"], d, env).stdout
+    assert "0.5" in shown and ",2," in shown, shown[-2000:]
+    _sh([sys.executable, "-m", "greg_ood.exps", "ablation", "--suite", "mini", "--method", "greg",
+         "--out", str(d / "queue_ablation")], d, env)
+    import pandas as pd
+
+    t = pd.read_csv(d / "queue_ablation" / "ablation_across_experiments.csv", header=[0, 1], index_col=[0, 1, 2])
+    lambdas = {str(ix[2]).split()[0] for ix in t.index}
+    assert {"0.5", "2"} <= lambdas, lambdas

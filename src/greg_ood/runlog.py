@@ -22,7 +22,7 @@ from .trainer import Trainer, load_checkpoint, save_atomic
 
 log = logging.getLogger("greg_ood")
 
-CSV_FIELDS = ["step", "epoch", "lr", "ce", "energy", "grad", "total", "active_frac", "gradnorm_id", "gradnorm_aux",
+CSV_FIELDS = ["step", "epoch", "lr", "ce", "energy", "oe", "abs", "grad", "total", "active_frac", "gradnorm_id", "gradnorm_aux",
               "monitor_gradnorm_id", "monitor_gradnorm_aux", "id_test_acc"]
 
 
