@@ -51,7 +51,8 @@ SET_NAMES = {"textures": "Textures", "dtd": "Textures", "svhn": "SVHN", "places3
              "places": "Places", "lsun_crop": "LSUN-C", "lsun_resize": "LSUN-R", "isun": "iSUN",
              "sun": "SUN", "inaturalist": "iNaturalist", "mean": "Mean"}
 SCORE_NAMES = {"energy": "energy (−E)", "msp": "MSP", "max_logit": "max logit", "odin": "ODIN",
-               "mahalanobis": "Mahalanobis", "absent_class": "absent-class"}
+               "mahalanobis": "Mahalanobis", "absent_class": "absent-class",
+               "primary": "method's own (energy −E; DOS: absent-class 1 − p_K+1)"}
 #: our suite -> the paper's benchmark name in paper_numbers.csv
 SUITE_BENCHMARK = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet10"}
 #: paper method -> our method (anchor methods of the energy_ood README included)
@@ -293,14 +294,21 @@ def _one_convention(d: pd.DataFrame, what: str) -> str:
     return convs[0]
 
 
+def _score_mask(df: pd.DataFrame, score: str) -> pd.Series:
+    """Rows of one score; ``"primary"`` = each experiment's own primary score (e.g. DOS: absent-class)."""
+    if score == "primary":
+        return df["score"] == df["primary_score"]
+    return df["score"] == score
+
+
 def _select(df: pd.DataFrame, suite: str, score: str, groups: Sequence[str]) -> pd.DataFrame:
     d = df[(df["suite"] == suite) & (df["group"].isin(list(groups)))]
     if d.empty:
         raise ValueError(f"no results for suite {suite!r} in group(s) {list(groups)}")
-    if score not in set(d["score"]):
+    if score != "primary" and score not in set(d["score"]):
         raise ValueError(f"score {score!r} not in the results for suite {suite!r} "
                          f"(have {sorted(d['score'].unique())})")
-    d = d[d["score"] == score]
+    d = d[_score_mask(d, score)]
     key = ["arch", "method", "lambda_grad", "seed", "ood_set", "group"]
     dup = d[d.duplicated(key, keep=False)]
     if not dup.empty:
@@ -474,7 +482,7 @@ def paper_comparison(df: pd.DataFrame, paper_csv: os.PathLike | str, *, suite: s
 
 def _ablation_rows(df: pd.DataFrame, suite: str, score: str) -> pd.DataFrame:
     """Ablation experiments plus the main runs of the same (arch, method) (the main λ_∇S point)."""
-    d = df[(df["suite"] == suite) & (df["score"] == score)]
+    d = df[(df["suite"] == suite) & _score_mask(df, score)]
     ab = d[d["group"] == "ablation"]
     if ab.empty:
         raise ValueError(f"no ablation experiments (group 'ablation') for suite {suite!r}, score {score!r}")
@@ -1081,10 +1089,9 @@ def build_suite_report(*, suite: str, metrics_files: Iterable[os.PathLike | str]
                          f"(found {sorted(df_all['suite'].unique())})")
     written: dict[str, Path] = {}
     notes: list[str] = []
-    primary = sorted(df["primary_score"].unique())
-    if len(primary) != 1:
-        raise ValueError(f"build_suite_report: experiments disagree on the primary score: {primary}")
-    primary = primary[0]
+    primaries = sorted(df["primary_score"].unique())
+    # one detection score for all rows, or each method's own (DOS detects with its absent-class output)
+    primary = primaries[0] if len(primaries) == 1 else "primary"
     conv = _one_convention(df, f"build_suite_report({suite})")
 
     def table(name: str, t: pd.DataFrame) -> None:
@@ -1122,7 +1129,7 @@ def build_suite_report(*, suite: str, metrics_files: Iterable[os.PathLike | str]
             notes.append(f"Paired differences skipped: {e}")
 
     # figures from side files: one representative (lowest) seed per (arch, method) of the main group
-    mains = df[(df["group"] == "main") & df["is_mean"] & (df["score"] == primary)]
+    mains = df[(df["group"] == "main") & df["is_mean"] & _score_mask(df, primary)]
     reps = mains.sort_values("seed").groupby(["arch", "method"], as_index=False).first()
     reps = reps.iloc[sorted(range(len(reps)), key=lambda i: (_arch_key(reps["arch"].iloc[i]),
                                                              _method_key(reps["method"].iloc[i])))]
@@ -1151,7 +1158,7 @@ def build_suite_report(*, suite: str, metrics_files: Iterable[os.PathLike | str]
                 notes.append(f"No score arrays for {r['experiment']} under {sdir}.")
                 continue
             key = f"figures/scores_{r['experiment']}.png"
-            written[key] = plot_score_histograms(f, out / key, score=primary)
+            written[key] = plot_score_histograms(f, out / key, score=r["primary_score"])
     train_files = [Path(f) for f in train_csv_files]
     if train_files:
         arch_of = dict(zip(df["experiment"], df["arch"]))
