@@ -136,6 +136,13 @@ def _median(ts: list[float]) -> float:
     return float(statistics.median(ts))
 
 
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    msg = str(e).lower()
+    return "out of memory" in msg or "can't allocate memory" in msg or "cannot allocate memory" in msg
+
+
 # ------------------------------------------------------------------------------------------------- official style
 def _pil_transform(channels: int, size: int):
     from ._torchvision_compat import import_torchvision
@@ -287,9 +294,23 @@ def bench_model(name: str, device: torch.device, *, B: int, C: int, k: int, warm
                  "step_times": {}, "peak_memory_bytes": {}}
     steps = {"energy": ours(p_energy, False), "greg": ours(p_greg, False), "greg_plus": ours(p_plus, True),
              "official_greg": official(False), "official_greg_plus": official(True)}
+    res["config"] = {"B": B, "C": C, "k": k, "warmup": warmup, "repeats": repeats}
+    res["failed"] = {}
     for key, fn in steps.items():
-        with PeakMemory(device) as pm:
-            ts = _timeit(fn, device, warmup, repeats)
+        try:
+            with PeakMemory(device) as pm:
+                ts = _timeit(fn, device, warmup, repeats)
+        except (RuntimeError, MemoryError) as e:  # out of memory (CPU allocator, --max-memory-gb, CUDA OOM)
+            if not _is_oom(e):
+                raise
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            res["seconds_per_step"][key] = None
+            res["peak_memory_bytes"][key] = None
+            res["failed"][key] = f"out of memory: {str(e).splitlines()[0][:160]}"
+            log(f"  {name:12s} {key:20s} out of memory, skipped")
+            continue
         res["seconds_per_step"][key] = _median(ts)
         res["step_times"][key] = ts
         res["peak_memory_bytes"][key] = pm.peak
@@ -412,36 +433,43 @@ def amp_check(model, src_id, src_aux, device) -> dict:
     return out
 
 
+def _div(a, b):
+    return None if a is None or b is None or b <= 0 else a / b
+
+
 def _ratios(res: dict) -> tuple[dict, dict]:
     s = res["seconds_per_step"]
     d = res["data_seconds"]
+    sp = res["sampler"]
+
+    def minus(a, b):
+        return None if a is None else a - b
+
     r = {
-        "greg_over_energy": s["greg"] / s["energy"],
-        "greg_over_official": s["greg"] / s["official_greg"],
-        "greg_plus_over_official": s["greg_plus"] / s["official_greg_plus"],
-        "greg_over_official_compute": (s["greg"] - d["ours"]) / max(s["official_greg"] - d["official"], 1e-12),
-        "greg_plus_over_official_compute": (s["greg_plus"] - d["ours_plus"])
-        / max(s["official_greg_plus"] - d["official_plus"], 1e-12),
-        "greg_plus_over_greg": s["greg_plus"] / s["greg"],
-        "sampling_frac_of_greg_plus": res["sampler"]["ours_select_s"] / s["greg_plus"],
-        "sampler_speedup_select": res["sampler"]["speedup_select"],
-        "sampler_speedup_kmeans": res["sampler"]["speedup_kmeans"],
-        "inertia_ratio": res["sampler"]["inertia_ratio"],
+        "greg_over_energy": _div(s["greg"], s["energy"]),
+        "greg_over_official": _div(s["greg"], s["official_greg"]),
+        "greg_plus_over_official": _div(s["greg_plus"], s["official_greg_plus"]),
+        "greg_over_official_compute": _div(minus(s["greg"], d["ours"]), minus(s["official_greg"], d["official"])),
+        "greg_plus_over_official_compute": _div(minus(s["greg_plus"], d["ours_plus"]),
+                                                minus(s["official_greg_plus"], d["official_plus"])),
+        "greg_plus_over_greg": _div(s["greg_plus"], s["greg"]),
+        "sampling_frac_of_greg_plus": _div(sp["ours_select_s"], s["greg_plus"]),
+        "sampler_speedup_select": sp["speedup_select"],
+        "sampler_speedup_kmeans": sp["speedup_kmeans"],
+        "inertia_ratio": sp["inertia_ratio"],
     }
+
+    def target(value, limit, upper=True):
+        ok = None if value is None else (value <= limit if upper else value >= limit)
+        return {"value": value, "limit": limit, "pass": ok}
+
     t = {
-        "greg_step_le_1.15x3.3x_energy": {"value": r["greg_over_energy"], "limit": TARGETS["greg_over_energy"],
-                                          "pass": r["greg_over_energy"] <= TARGETS["greg_over_energy"]},
-        "greg_step_le_0.75x_official": {"value": r["greg_over_official"], "limit": TARGETS["greg_over_official"],
-                                        "pass": r["greg_over_official"] <= TARGETS["greg_over_official"]},
-        "greg_plus_step_le_0.75x_official": {"value": r["greg_plus_over_official"],
-                                             "limit": TARGETS["greg_over_official"],
-                                             "pass": r["greg_plus_over_official"] <= TARGETS["greg_over_official"]},
-        "sampling_le_10pct_of_greg_plus": {"value": r["sampling_frac_of_greg_plus"], "limit": TARGETS["sampling_frac"],
-                                           "pass": r["sampling_frac_of_greg_plus"] <= TARGETS["sampling_frac"]},
-        "sampler_ge_5x_sklearn": {"value": r["sampler_speedup_select"], "limit": TARGETS["sampler_speedup"],
-                                  "pass": r["sampler_speedup_select"] >= TARGETS["sampler_speedup"]},
-        "inertia_le_1.02x_sklearn": {"value": r["inertia_ratio"], "limit": TARGETS["inertia_ratio"],
-                                     "pass": r["inertia_ratio"] <= TARGETS["inertia_ratio"]},
+        "greg_step_le_1.15x3.3x_energy": target(r["greg_over_energy"], TARGETS["greg_over_energy"]),
+        "greg_step_le_0.75x_official": target(r["greg_over_official"], TARGETS["greg_over_official"]),
+        "greg_plus_step_le_0.75x_official": target(r["greg_plus_over_official"], TARGETS["greg_over_official"]),
+        "sampling_le_10pct_of_greg_plus": target(r["sampling_frac_of_greg_plus"], TARGETS["sampling_frac"]),
+        "sampler_ge_5x_sklearn": target(r["sampler_speedup_select"], TARGETS["sampler_speedup"], upper=False),
+        "inertia_le_1.02x_sklearn": target(r["inertia_ratio"], TARGETS["inertia_ratio"]),
     }
     return r, t
 
@@ -470,72 +498,89 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def _fmt_s(v: float) -> str:
+def _fmt_s(v: Optional[float]) -> str:
+    if v is None:
+        return "OOM"
     return f"{v * 1e3:.1f} ms" if v < 1 else f"{v:.2f} s"
+
+
+def _fmt(v: Optional[float], spec: str = ".2f", suffix: str = "") -> str:
+    return "—" if v is None else f"{v:{spec}}{suffix}"
 
 
 def write_markdown(result: dict, path: Path) -> None:
     mi = result["machine"]
     cfg = result["config"]
+    amp = cfg.get("amp")
     lines = [f"# Step-cost benchmark: {mi['slug']}", "",
              f"* Machine: {mi['cpu_model']}, {mi['cpu_count']} CPU cores, torch {mi['torch']} with "
-             f"{mi['torch_threads']} threads" + (f", GPU {mi['gpu']} (CUDA {mi['cuda']})" if "gpu" in mi else "")
+             f"{mi['torch_threads']} intra-op thread(s)"
+             + (f", GPU {mi['gpu']} (CUDA {mi['cuda']})" if "gpu" in mi else "")
              + f", scikit-learn {mi['sklearn']}, Python {mi['python']}; {mi['time']}.",
-             f"* Mode: {'quick' if cfg['quick'] else 'full'}{' smoke' if cfg['smoke'] else ''}; median of "
-             f"{cfg['repeats']} timed steps after {cfg['warmup']} warm-up step(s); "
-             f"{'bf16 autocast' if cfg['amp'] else 'fp32'}.",
-             f"* Batch: {cfg['B']} ID + {cfg['B']} random aux (energy, GReg); GReg+: {cfg['C']} candidates, "
-             f"k = {cfg['k']}, two-way -> {2 * cfg['B']} aux. K = {K}. Margins -25 / -7, λ_S = 0.1, λ_∇S = 1.",
+             f"* Mode: {'quick' if cfg['quick'] else 'full'}{' smoke' if cfg['smoke'] else ''}; median of the timed "
+             f"steps after warm-up (per model below); {'bf16 autocast' if amp else 'fp32'}.",
+             "* Batch (per model, column B): B ID + B random aux for energy and GReg; GReg+: C = 6B candidates, "
+             f"k = min(64, B), two-way -> 2B aux. K = {K}. Margins -25 / -7, λ_S = 0.1, λ_∇S = 1 (official reduction).",
              f"* Load average at start / end: {mi.get('loadavg_start')} / {mi.get('loadavg_end')}."]
     if result.get("note"):
         lines.append(f"* Note: {result['note']}")
     lines += ["", "## Seconds per training step (median)", "",
-              "| model | params | energy | GReg | GReg+ | official GReg | official GReg+ | GReg/energy | "
-              "GReg/official | GReg+/official | eval img/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| model | params | B / C / k | timed (warm-up) | energy | GReg | GReg+ | official GReg | official GReg+ "
+              "| GReg/energy | GReg/official | GReg+/official | eval img/s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["models"].items():
-        s, q = r["seconds_per_step"], r["ratios"]
-        lines.append(f"| {name} | {r['params'] / 1e6:.2f} M | {_fmt_s(s['energy'])} | {_fmt_s(s['greg'])} | "
-                     f"{_fmt_s(s['greg_plus'])} | {_fmt_s(s['official_greg'])} | {_fmt_s(s['official_greg_plus'])} | "
-                     f"{q['greg_over_energy']:.2f} | {q['greg_over_official']:.2f} | "
-                     f"{q['greg_plus_over_official']:.2f} | {r['eval_images_per_s']:.0f} |")
-    lines += ["", "Steps include the data path (ours: on-device crop/flip/normalise; official: per-sample PIL "
-              "transforms). Compute-only ratios subtract the measured data time of each side:", "",
+        s, q, c = r["seconds_per_step"], r["ratios"], r["config"]
+        lines.append(f"| {name} | {r['params'] / 1e6:.2f} M | {c['B']} / {c['C']} / {c['k']} | {c['repeats']} "
+                     f"({c['warmup']}) | {_fmt_s(s['energy'])} | {_fmt_s(s['greg'])} | {_fmt_s(s['greg_plus'])} | "
+                     f"{_fmt_s(s['official_greg'])} | {_fmt_s(s['official_greg_plus'])} | "
+                     f"{_fmt(q['greg_over_energy'])} | {_fmt(q['greg_over_official'])} | "
+                     f"{_fmt(q['greg_plus_over_official'])} | {r['eval_images_per_s']:.0f} |")
+    lines += ["", "Steps include the data path (ours: batched on-device crop/flip/normalise; official: per-sample PIL "
+              "transforms). Compute-only ratios subtract each side's measured data time:", "",
               "| model | data ours | data official | data ours (GReg+) | data official (GReg+) | GReg/official compute "
               "| GReg+/official compute |", "|---|---|---|---|---|---|---|"]
     for name, r in result["models"].items():
         d, q = r["data_seconds"], r["ratios"]
         lines.append(f"| {name} | {_fmt_s(d['ours'])} | {_fmt_s(d['official'])} | {_fmt_s(d['ours_plus'])} | "
-                     f"{_fmt_s(d['official_plus'])} | {q['greg_over_official_compute']:.2f} | "
-                     f"{q['greg_plus_over_official_compute']:.2f} |")
-    lines += ["", "## Sampler (GReg+ selection on the candidate features of the model)", "",
-              "| model | feat dim | ours select | sklearn-based select | speedup | ours k-means | sklearn KMeans | "
-              "speedup | inertia ours/sklearn (mean, max) | share of GReg+ step |", "|---|---|---|---|---|---|---|---|---|---|"]
+                     f"{_fmt_s(d['official_plus'])} | {_fmt(q['greg_over_official_compute'])} | "
+                     f"{_fmt(q['greg_plus_over_official_compute'])} |")
+    lines += ["", "## Sampler (GReg+ selection on the model's candidate features)", "",
+              "Ours: `energy_cluster_select` on the device (torch k-means, n_init 3). scikit-learn-based: host copy, "
+              "`KMeans(n_init=3)`, the official per-cluster loop and top-up. Inertia ratio: our k-means vs "
+              "scikit-learn's on the same normalised features.", "",
+              "| model | C x feat dim | k | ours select | sklearn-based select | speedup | ours k-means | sklearn KMeans "
+              "| speedup | inertia ours/sklearn (mean, max) | share of GReg+ step |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["models"].items():
         sp = r["sampler"]
-        lines.append(f"| {name} | {sp['feature_dim']} | {_fmt_s(sp['ours_select_s'])} | "
-                     f"{_fmt_s(sp['sklearn_select_s'])} | {sp['speedup_select']:.1f}x | {_fmt_s(sp['ours_kmeans_s'])} | "
-                     f"{_fmt_s(sp['sklearn_kmeans_s'])} | {sp['speedup_kmeans']:.1f}x | {sp['inertia_ratio']:.4f}, "
-                     f"{sp['inertia_ratio_max']:.4f} | {100 * r['ratios']['sampling_frac_of_greg_plus']:.1f} % |")
-    mem_label = "peak GPU memory allocated" if result["machine"]["device"].startswith("cuda") else "peak process RSS"
-    lines += ["", f"## Memory ({mem_label}, GiB)", "", "| model | energy | GReg | GReg+ | official GReg | official GReg+ |",
-              "|---|---|---|---|---|---|"]
+        lines.append(f"| {name} | {sp['n_candidates']} x {sp['feature_dim']} | {sp['k']} | "
+                     f"{_fmt_s(sp['ours_select_s'])} | {_fmt_s(sp['sklearn_select_s'])} | {sp['speedup_select']:.1f}x | "
+                     f"{_fmt_s(sp['ours_kmeans_s'])} | {_fmt_s(sp['sklearn_kmeans_s'])} | {sp['speedup_kmeans']:.1f}x | "
+                     f"{sp['inertia_ratio']:.4f}, {sp['inertia_ratio_max']:.4f} | "
+                     f"{_fmt(r['ratios']['sampling_frac_of_greg_plus'], '.1%')} |")
+    cuda = mi["device"].startswith("cuda")
+    lines += ["", f"## Memory ({'peak GPU memory allocated' if cuda else 'peak process RSS'}, GiB)", "",
+              "| model | energy | GReg | GReg+ | official GReg | official GReg+ |", "|---|---|---|---|---|---|"]
     for name, r in result["models"].items():
         pm = r["peak_memory_bytes"]
-        lines.append(f"| {name} | " + " | ".join(f"{pm[k] / 2**30:.2f}" for k in
+        lines.append(f"| {name} | " + " | ".join(_fmt(None if pm[k] is None else pm[k] / 2**30) for k in
                                                    ("energy", "greg", "greg_plus", "official_greg",
                                                     "official_greg_plus")) + " |")
     lines += ["", "## Targets", "", "| model | target | value | limit | result |", "|---|---|---|---|---|"]
     for name, r in result["models"].items():
         for tname, t in r["targets"].items():
-            lines.append(f"| {name} | {tname} | {t['value']:.3f} | {t['limit']:.3f} | "
-                         f"{'pass' if t['pass'] else '**fail**'} |")
+            res = "n/a" if t["pass"] is None else ("pass" if t["pass"] else "**fail**")
+            lines.append(f"| {name} | {tname} | {_fmt(t['value'], '.3f')} | {t['limit']:.3f} | {res} |")
     amp_rows = [(n, r["amp_check"]) for n, r in result["models"].items() if "amp_check" in r]
     if amp_rows:
-        lines += ["", f"## bf16 autocast vs fp32 (one GReg step, relative tolerance {AMP_RTOL})", "",
+        lines += ["", f"## bf16 autocast vs fp32 (one GReg step, same batch; relative tolerance {AMP_RTOL})", "",
                   "| model | ce | energy | grad | total | result |", "|---|---|---|---|---|---|"]
         for n, a in amp_rows:
             lines.append(f"| {n} | " + " | ".join(f"{a[k]['rel_diff']:.2e}" for k in ("ce", "energy", "grad", "total"))
                          + f" | {'pass' if a['pass'] else '**fail**'} |")
+    failed = [f"{n}/{k}: {v}" for n, r in result["models"].items() for k, v in r.get("failed", {}).items()]
+    if failed:
+        lines += ["", "Out of memory (not timed): " + "; ".join(failed)]
     if result.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(result["skipped"])]
     path.write_text("\n".join(lines) + "\n")
@@ -544,9 +589,13 @@ def write_markdown(result: dict, path: Path) -> None:
 # -------------------------------------------------------------------------------------------------------------- main
 def run(*, quick: bool = False, smoke: bool = False, out: Optional[Path] = Path("reports/bench"),
         models: Optional[list[str]] = None, device: str = "auto", amp: bool = False, threads: Optional[int] = None,
-        repeats: Optional[int] = None, warmup: Optional[int] = None, note: str = "", log=print) -> dict:
+        repeats: Optional[int] = None, warmup: Optional[int] = None, batch: Optional[int] = None,
+        merge: bool = False, max_memory_gb: Optional[float] = None, note: str = "", log=print) -> dict:
     """Run the benchmark (see the module docstring); returns the result dict and writes it under ``out``
-    (``None``: no files). ``threads`` sets torch's intra-op threads for the run (restored afterwards)."""
+    (``None``: no files), rewriting the files after every model. ``threads`` sets torch's intra-op threads and
+    scikit-learn's pools for the run (restored afterwards). ``batch`` replaces B = 64 (C = 6B, k = min(64, B)).
+    ``merge`` keeps the other models of an existing report in ``out``. ``max_memory_gb`` (CPU) caps the address
+    space so that a step that would exhaust the machine fails with an allocation error and is reported as OOM."""
     old_threads = torch.get_num_threads()
     limit = nullcontext()
     if threads:
@@ -557,15 +606,25 @@ def run(*, quick: bool = False, smoke: bool = False, out: Optional[Path] = Path(
             limit = threadpool_limits(int(threads))
         except ImportError:  # pragma: no cover
             pass
+    rlimit = None
+    if max_memory_gb and not (device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())):
+        import resource
+
+        rlimit = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (int(max_memory_gb * 2**30), rlimit[1]))
     try:
         with limit:
             return _run(quick=quick, smoke=smoke, out=out, models=models, device=device, amp=amp, repeats=repeats,
-                        warmup=warmup, note=note, log=log)
+                        warmup=warmup, batch=batch, merge=merge, max_memory_gb=max_memory_gb, note=note, log=log)
     finally:
         torch.set_num_threads(old_threads)
+        if rlimit is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, rlimit)
 
 
-def _run(*, quick, smoke, out, models, device, amp, repeats, warmup, note, log) -> dict:
+def _run(*, quick, smoke, out, models, device, amp, repeats, warmup, batch, merge, note, log, **_) -> dict:
     dev = torch.device("cuda" if (device == "auto" and torch.cuda.is_available()) else
                        ("cpu" if device == "auto" else device))
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -590,27 +649,46 @@ def _run(*, quick, smoke, out, models, device, amp, repeats, warmup, note, log) 
         cfg["repeats"] = int(repeats)
     if warmup is not None:
         cfg["warmup"] = int(warmup)
+    if batch:
+        cfg.update(B=int(batch), C=6 * int(batch), k=min(64, int(batch)))
     models = models or list(MODELS)
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise SystemExit(f"--models: unknown {unknown}; choose from {list(MODELS)}")
     result = {"machine": machine_info(dev), "config": {**cfg, "quick": quick, "smoke": smoke, "amp": amp},
               "note": note, "models": {}, "skipped": skipped, "targets": TARGETS}
-    random.seed(0)
-    for name in models:
-        log(f"bench: {name} on {dev} ...")
-        result["models"][name] = bench_model(name, dev, amp=amp, log=log, **cfg)
-    try:
-        result["machine"]["loadavg_end"] = list(os.getloadavg())
-    except OSError:
-        pass
+    slug = device_slug(dev) + ("-amp" if amp else "") + ("-smoke" if smoke else "")
+    paths = None
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        slug = device_slug(dev) + ("-amp" if amp else "") + ("-smoke" if smoke else "")
-        (out / f"{slug}.json").write_text(json.dumps(result, indent=1, sort_keys=False) + "\n")
-        write_markdown(result, out / f"{slug}.md")
-        log(f"bench: wrote {out / (slug + '.json')} and {out / (slug + '.md')}")
+        paths = (out / f"{slug}.json", out / f"{slug}.md")
+        if merge and paths[0].exists():
+            old = json.loads(paths[0].read_text())
+            result["models"] = {k: v for k, v in old.get("models", {}).items() if k not in models}
+            notes = [old.get("note", ""), note]
+            result["note"] = " | ".join(dict.fromkeys(x for x in notes if x))
+    random.seed(0)
+    for name in models:
+        log(f"bench: {name} on {dev} ...")
+        started = {"time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "torch_threads": torch.get_num_threads()}
+        try:
+            started["loadavg_start"] = list(os.getloadavg())
+        except OSError:
+            pass
+        result["models"][name] = bench_model(name, dev, amp=amp, log=log, **cfg)
+        result["models"][name]["run"] = started
+        try:
+            result["machine"]["loadavg_end"] = list(os.getloadavg())
+        except OSError:
+            pass
+        if paths is not None:
+            order = [m for m in MODELS if m in result["models"]]
+            result["models"] = {m: result["models"][m] for m in order}
+            paths[0].write_text(json.dumps(result, indent=1) + "\n")
+            write_markdown(result, paths[1])
+    if paths is not None:
+        log(f"bench: wrote {paths[0]} and {paths[1]}")
     return result
 
 
@@ -627,10 +705,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="intra-op threads for torch and scikit-learn's thread pools (default: library defaults)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=None, help="ID batch B (default 64; C = 6B, k = min(64, B))")
+    ap.add_argument("--merge", action="store_true", help="keep other models already in the output report")
+    ap.add_argument("--max-memory-gb", type=float, default=None,
+                    help="CPU: cap the address space; steps that exceed it are reported as out of memory")
     ap.add_argument("--note", default="", help="free text recorded in the report (e.g. machine shared)")
     a = ap.parse_args(argv)
     run(quick=a.quick, smoke=a.smoke, out=Path(a.out), models=a.models, device=a.device, amp=a.amp,
-        threads=a.threads, repeats=a.repeats, warmup=a.warmup, note=a.note)
+        threads=a.threads, repeats=a.repeats, warmup=a.warmup, batch=a.batch, merge=a.merge,
+        max_memory_gb=a.max_memory_gb, note=a.note)
     return 0
 
 
