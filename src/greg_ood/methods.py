@@ -109,8 +109,8 @@ def training_step(model: torch.nn.Module, x_id: torch.Tensor, y_id: torch.Tensor
     the group is active).
 
     ``aux_roles`` (from :func:`select_auxiliary` with ``return_roles=True``) is used only with ``routing="split"``:
-    roles 1 feed L_S only, roles 2 the penalty only, roles 0 both. L_S and OE/absent losses always use the whole aux
-    batch otherwise.
+    roles 1 feed L_S only, roles 2 the penalty only, roles 0 both. Without roles (or with ``routing="joint"``, the
+    official behaviour) every auxiliary row feeds both terms.
     """
     p = params
     if x_id.dim() < 2 or x_id.shape[0] == 0:
