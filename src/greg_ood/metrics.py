@@ -26,7 +26,6 @@ from typing import Iterable, Mapping, Optional
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 __all__ = ["ood_metrics", "fpr_at_tpr", "auroc", "aupr_in", "aupr_out", "roc_points", "accuracy", "mean_over_sets", "mean_std_over_seeds",
            "METRIC_KEYS", "FPR_RULES"]
@@ -59,6 +58,7 @@ def _labels_scores(score_id: np.ndarray, score_ood: np.ndarray):
 
 def fpr_at_tpr(score_id, score_ood, tpr: float = 0.95, positive: str = "id", fpr_rule: str = "closest") -> float:
     """FPR at the given TPR under one of the rules described in the module docstring."""
+    from sklearn.metrics import roc_curve  # lazy: keeps stage start-up fast
     if not 0.0 < tpr <= 1.0:
         raise ValueError(f"tpr: must be in (0, 1], got {tpr}")
     if positive not in ("id", "ood"):
@@ -86,18 +86,21 @@ def fpr_at_tpr(score_id, score_ood, tpr: float = 0.95, positive: str = "id", fpr
 
 def auroc(score_id, score_ood) -> float:
     """Area under the ROC curve, ``roc_auc_score`` with ID = 1 (independent of the positive class)."""
+    from sklearn.metrics import roc_auc_score  # lazy: keeps stage start-up fast
     y, s = _labels_scores(_to_numpy(score_id, "score_id"), _to_numpy(score_ood, "score_ood"))
     return float(roc_auc_score(y, s))
 
 
 def aupr_in(score_id, score_ood) -> float:
     """Average precision with ID positive and the score as is (the only AUPR of the GReg code)."""
+    from sklearn.metrics import average_precision_score  # lazy: keeps stage start-up fast
     y, s = _labels_scores(_to_numpy(score_id, "score_id"), _to_numpy(score_ood, "score_ood"))
     return float(average_precision_score(y, s))
 
 
 def aupr_out(score_id, score_ood) -> float:
     """Average precision with OOD positive and the negated score."""
+    from sklearn.metrics import average_precision_score  # lazy: keeps stage start-up fast
     y, s = _labels_scores(_to_numpy(score_id, "score_id"), _to_numpy(score_ood, "score_ood"))
     return float(average_precision_score(1 - y, -s))
 
@@ -116,6 +119,7 @@ def ood_metrics(score_id, score_ood, positive: str = "id", tpr: float = 0.95, fp
 def roc_points(score_id, score_ood, max_points: int = 200, positive: str = "id") -> list[dict]:
     """ROC curve as ``[{"fpr": .., "tpr": ..}, ...]`` with at most ``max_points`` points (first and last kept, the rest
     evenly thinned). ``positive="id"``: TPR on ID, FPR on OOD (the paper's convention); ``"ood"``: the reverse."""
+    from sklearn.metrics import roc_curve  # lazy: keeps stage start-up fast
     if max_points < 2:
         raise ValueError(f"max_points: must be >= 2, got {max_points}")
     sid, sood = _to_numpy(score_id, "score_id"), _to_numpy(score_ood, "score_ood")
