@@ -15,7 +15,8 @@ wall-clock seconds per training step (warm-up excluded) of
   GReg+ adds the candidate forward, a host copy of the features and scikit-learn ``KMeans(n_init=3)`` with the
   official per-cluster selection loop and ``random.sample`` top-up.
 
-Our steps include our data path (batched on-device crop/flip/normalise from a uint8 tensor,
+Timed steps run round-robin over the five step kinds (warm-up rounds first), so that all of them see the same
+background load on a shared machine. Our steps include our data path (batched on-device crop/flip/normalise from a uint8 tensor,
 :class:`greg_ood.data.DeviceArraySource`), so "incl. data" ratios compare whole steps; compute-only numbers are
 reported as well. Also: the sampler alone (ours vs scikit-learn on the same candidate features, inertia ratio), eval
 throughput (images/s), peak memory (process RSS on CPU, sampled every 2 ms; ``torch.cuda.max_memory_allocated`` on
@@ -87,8 +88,19 @@ def _rss() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def _malloc_trim() -> None:
+    """Give freed heap memory back to the OS (glibc), so an RSS peak belongs to the block being measured."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
 class PeakMemory:
-    """Peak memory during a block: CUDA -> max_memory_allocated; CPU -> process RSS polled by a thread."""
+    """Peak memory during a block: CUDA -> max_memory_allocated; CPU -> process RSS polled by a thread (after
+    ``malloc_trim`` so memory freed by earlier blocks does not count)."""
 
     def __init__(self, device: torch.device, interval: float = 0.002):
         self.device, self.interval, self.peak = device, interval, 0
@@ -98,6 +110,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
+            _malloc_trim()
             self.peak = _rss()
             self._t = threading.Thread(target=self._poll, daemon=True)
             self._t.start()
@@ -294,27 +307,46 @@ def bench_model(name: str, device: torch.device, *, B: int, C: int, k: int, warm
                  "step_times": {}, "peak_memory_bytes": {}}
     steps = {"energy": ours(p_energy, False), "greg": ours(p_greg, False), "greg_plus": ours(p_plus, True),
              "official_greg": official(False), "official_greg_plus": official(True)}
-    res["config"] = {"B": B, "C": C, "k": k, "warmup": warmup, "repeats": repeats}
+    res["config"] = {"B": B, "C": C, "k": k, "warmup": warmup, "repeats": repeats, "interleaved": True}
     res["failed"] = {}
-    for key, fn in steps.items():
+    peaks = {key: 0 for key in steps}
+    times: dict[str, list[float]] = {key: [] for key in steps}
+
+    def attempt(key, timed: bool) -> None:
+        """One step of ``key``; out of memory marks the method failed (it is then skipped)."""
         try:
             with PeakMemory(device) as pm:
-                ts = _timeit(fn, device, warmup, repeats)
+                _sync(device)
+                t = time.perf_counter()
+                steps[key]()
+                _sync(device)
+                dt = time.perf_counter() - t
         except (RuntimeError, MemoryError) as e:  # out of memory (CPU allocator, --max-memory-gb, CUDA OOM)
             if not _is_oom(e):
                 raise
             opt.zero_grad(set_to_none=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            res["seconds_per_step"][key] = None
-            res["peak_memory_bytes"][key] = None
             res["failed"][key] = f"out of memory: {str(e).splitlines()[0][:160]}"
             log(f"  {name:12s} {key:20s} out of memory, skipped")
-            continue
-        res["seconds_per_step"][key] = _median(ts)
-        res["step_times"][key] = ts
-        res["peak_memory_bytes"][key] = pm.peak
-        log(f"  {name:12s} {key:20s} {_median(ts):8.4f} s/step  (peak {pm.peak / 2**30:.2f} GiB)")
+            return
+        peaks[key] = max(peaks[key], pm.peak)
+        if timed:
+            times[key].append(dt)
+
+    # Round-robin over the methods (warm-up rounds, then timed rounds), so that every method sees the same
+    # background load on a shared machine; per method the median of its timed steps is reported.
+    for r in range(warmup + repeats):
+        for key in steps:
+            if key not in res["failed"]:
+                attempt(key, timed=r >= warmup)
+    for key in steps:
+        ok = key not in res["failed"] and times[key]
+        res["seconds_per_step"][key] = _median(times[key]) if ok else None
+        res["step_times"][key] = times[key]
+        res["peak_memory_bytes"][key] = peaks[key] if ok else None
+        if ok:
+            log(f"  {name:12s} {key:20s} {_median(times[key]):8.4f} s/step  (peak {peaks[key] / 2**30:.2f} GiB)")
 
     # data path alone (to report compute-only numbers)
     def data_ours():
