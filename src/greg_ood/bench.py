@@ -627,7 +627,8 @@ def run(*, quick: bool = False, smoke: bool = False, out: Optional[Path] = Path(
     (``None``: no files), rewriting the files after every model. ``threads`` sets torch's intra-op threads and
     scikit-learn's pools for the run (restored afterwards). ``batch`` replaces B = 64 (C = 6B, k = min(64, B)).
     ``merge`` keeps the other models of an existing report in ``out``. ``max_memory_gb`` (CPU) caps the address
-    space so that a step that would exhaust the machine fails with an allocation error and is reported as OOM."""
+    space so that a step that would exhaust the machine fails with an allocation error and is reported as OOM
+    instead of waking the kernel's OOM killer (default: 90 % of the memory available at start; 0 = no cap)."""
     old_threads = torch.get_num_threads()
     limit = nullcontext()
     if threads:
@@ -639,11 +640,22 @@ def run(*, quick: bool = False, smoke: bool = False, out: Optional[Path] = Path(
         except ImportError:  # pragma: no cover
             pass
     rlimit = None
-    if max_memory_gb and not (device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())):
+    on_cpu = not (device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()))
+    if max_memory_gb is None and on_cpu:  # default guard: 90 % of what is free now (plus what we already hold)
+        try:
+            import psutil
+
+            max_memory_gb = 0.9 * (psutil.virtual_memory().available + _rss()) / 2**30
+        except ImportError:  # pragma: no cover
+            max_memory_gb = 0
+    if max_memory_gb and on_cpu:
         import resource
 
         rlimit = resource.getrlimit(resource.RLIMIT_AS)
-        resource.setrlimit(resource.RLIMIT_AS, (int(max_memory_gb * 2**30), rlimit[1]))
+        cap = int(max_memory_gb * 2**30)
+        if rlimit[1] != resource.RLIM_INFINITY:
+            cap = min(cap, rlimit[1])
+        resource.setrlimit(resource.RLIMIT_AS, (cap, rlimit[1]))
     try:
         with limit:
             return _run(quick=quick, smoke=smoke, out=out, models=models, device=device, amp=amp, repeats=repeats,
@@ -740,7 +752,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--batch", type=int, default=None, help="ID batch B (default 64; C = 6B, k = min(64, B))")
     ap.add_argument("--merge", action="store_true", help="keep other models already in the output report")
     ap.add_argument("--max-memory-gb", type=float, default=None,
-                    help="CPU: cap the address space; steps that exceed it are reported as out of memory")
+                    help="CPU: cap the address space (default 90%% of available memory, 0 = none); steps that "
+                         "exceed it are reported as out of memory")
     ap.add_argument("--note", default="", help="free text recorded in the report (e.g. machine shared)")
     a = ap.parse_args(argv)
     run(quick=a.quick, smoke=a.smoke, out=Path(a.out), models=a.models, device=a.device, amp=a.amp,
