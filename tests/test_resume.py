@@ -47,11 +47,11 @@ def _mlflow_history(d: Path):
     return runs, hist
 
 
-def kill_resume_compare(base: Path, n_kills: int, seed: int = 1234) -> dict:
+def kill_resume_compare(base: Path, n_kills: int, seed: int = 1234, driver_args=()) -> dict:
     """Reference run, then a run SIGKILLed ``n_kills`` times at random moments (each after a fresh checkpoint) and
     finally resumed to completion; returns what differs (empty lists = identical)."""
     ref = _prep(base / "ref")
-    r = _run(ref)
+    r = _run(ref, driver_args)
     assert r.returncode == 0, r.stderr[-3000:]
     ref_w = torch.load(ref / "out" / "model.pt", weights_only=True)["model"]
     killed = _prep(base / "killed")
@@ -60,7 +60,7 @@ def kill_resume_compare(base: Path, n_kills: int, seed: int = 1234) -> dict:
     for _ in range(n_kills * 4):
         if kills >= n_kills:
             break
-        p = subprocess.Popen([sys.executable, str(DRIVER), str(killed), "--slow", "0.15"], env=_env(killed),
+        p = subprocess.Popen([sys.executable, str(DRIVER), str(killed), "--slow", "0.15", *driver_args], env=_env(killed),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         # wait until training has written a (newer) checkpoint, then kill at a random moment: inside a step,
         # between steps, or while the next checkpoint is being written
@@ -76,7 +76,7 @@ def kill_resume_compare(base: Path, n_kills: int, seed: int = 1234) -> dict:
             kills += 1
         else:
             break
-    r = _run(killed)
+    r = _run(killed, driver_args)
     assert r.returncode == 0, r.stderr[-3000:]
     got_w = torch.load(killed / "out" / "model.pt", weights_only=True)["model"]
     runs_ref, hist_ref = _mlflow_history(ref)

@@ -23,7 +23,9 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     with tempfile.TemporaryDirectory() as d:
-        res = kill_resume_compare(Path(d), args.kills, seed=args.seed)
+        # enough steps (a checkpoint every 3) for every kill to land after a fresh checkpoint
+        res = kill_resume_compare(Path(d), args.kills, seed=args.seed,
+                                  driver_args=("--epochs", str(max(2, args.kills // 3 + 2))))
     res["seconds"] = round(time.time() - t0, 1)
     ok = res["kills"] >= args.kills and not res["weights_differ"] and not res["curves_differ"] \
         and res["mlflow_runs"] == 1 and res["csv_identical"]

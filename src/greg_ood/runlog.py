@@ -50,6 +50,13 @@ class CsvLog:
             self._write(self.rows, mode="a")
             self.rows = []
 
+    def last_step(self) -> int:
+        if not self.path.exists():
+            return -1
+        with open(self.path, newline="") as f:
+            steps = [int(float(r["step"])) for r in csv.DictReader(f) if r.get("step")]
+        return max(steps, default=-1)
+
     def _write(self, rows: list[dict], mode: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = mode == "w" or not self.path.exists() or self.path.stat().st_size == 0
@@ -70,12 +77,14 @@ def run_training(cfg, *, name: str, stage: str, suite: str, model, method: str, 
     ckpt_path = Path(ckpt_path)
     run_id = None
     resume_step = 0
+    carried: list = []  # metric rows the checkpoint covers but that may not have been published before a kill
     if ckpt_path.exists():
         try:
             ck = load_checkpoint(ckpt_path)
             if ck.get("config_hash") == config_hash:
                 run_id = ck.get("extra", {}).get("mlflow_run_id")
                 resume_step = int(ck.get("global_step", 0))
+                carried = list(ck.get("extra", {}).get("pending", []))
                 log.info("%s: resuming from %s (global step %d)", name, ckpt_path, resume_step)
             else:
                 log.info("%s: parameters changed since %s was written; starting over", name, ckpt_path)
@@ -86,6 +95,11 @@ def run_training(cfg, *, name: str, stage: str, suite: str, model, method: str, 
     csvlog = CsvLog(work_csv)
     if resume_step:
         csvlog.truncate_after(resume_step)
+        last = csvlog.last_step()
+        for row, step in carried:
+            if step > last:
+                csvlog.add(row, step)
+        csvlog.flush()
     elif work_csv.exists():
         work_csv.unlink()
 
@@ -93,10 +107,14 @@ def run_training(cfg, *, name: str, stage: str, suite: str, model, method: str, 
                              experiment_prefix=cfg.params.mlflow.experiment_prefix, config_hash=config_hash) \
         if is_main else _null_run()
     with ctx as run:
-        pending: list[tuple[dict, int]] = []
+        if carried and run_id is not None and getattr(run, "run_id", None) == run_id:
+            _publish_missing(run, carried)
+        # rows logged since the last checkpoint; saved inside the next checkpoint, then published (so a kill between
+        # the two loses nothing: the resumed run publishes whatever the store lacks)
+        pending: list = []
 
         def log_fn(row: dict, step: int) -> None:
-            pending.append((dict(row), step))
+            pending.append([dict(row), int(step)])
             csvlog.add(row, step)
 
         def on_save() -> None:  # called right after each checkpoint: publish what the checkpoint covers
@@ -115,7 +133,8 @@ def run_training(cfg, *, name: str, stage: str, suite: str, model, method: str, 
         trainer = Trainer(model, method, tcfg, id_source=id_source, aux_source=aux_source, device=device, seed=seed,
                           ckpt_path=ckpt_path, config_hash=config_hash, channel_std=channel_std, log=log_fn,
                           log_every=cfg.params.mlflow.log_every, epoch_end=epoch_end,
-                          extra_state={"mlflow_run_id": getattr(run, "run_id", None)}, distributed=distributed,
+                          extra_state={"mlflow_run_id": getattr(run, "run_id", None), "pending": pending},
+                          distributed=distributed,
                           on_save=on_save)
         result = trainer.fit()
         on_save()
@@ -132,6 +151,23 @@ def run_training(cfg, *, name: str, stage: str, suite: str, model, method: str, 
             run.log_artifact(out_path, "model")
             log.info("%s: %d steps in %.1f s -> %s", name, result.steps, result.seconds, out_path)
         return {"steps": result.steps, "seconds": result.seconds, "resumed_from": result.resumed_from}
+
+
+def _publish_missing(run, rows: list) -> None:
+    """Log the carried rows whose step the run does not have yet for that key (idempotent: no duplicates)."""
+    client = getattr(run, "client", None)
+    if client is None:
+        return
+    keys = {k for row, _ in rows for k in row}
+    last = {}
+    for k in keys:
+        hist = tracking._retry(client.get_metric_history, run.run_id, tracking._key(k))
+        last[k] = max((m.step for m in hist), default=-1)
+    for row, step in rows:
+        todo = {k: v for k, v in row.items() if step > last.get(k, -1)}
+        if todo:
+            run.log_metrics(todo, step)
+    run.flush()
 
 
 class _NullRun:

@@ -259,7 +259,9 @@ class Trainer:
         self.scheduler.load_state_dict(ck["scheduler"])
         self.global_step = int(ck["global_step"])
         _set_rng_state(ck["rng"])
-        self.extra_state = dict(ck.get("extra", {}))
+        loaded = dict(ck.get("extra", {}))
+        loaded.pop("pending", None)  # rows the caller published at resume; keep the caller's live list
+        self.extra_state.update(loaded)
         return int(ck["epoch"]), int(ck["step"])
 
     # ---- auxiliary batch of one step
