@@ -118,3 +118,24 @@ def test_bad_inputs():
         MT.ood_metrics(np.array([0.1]), np.array([0.0]), positive="both")
     with pytest.raises(ValueError, match="values"):
         MT.mean_std_over_seeds([])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_numpy_curves_match_scikit_learn(seed):
+    """Our NumPy ROC / AUROC / AP equal scikit-learn's on random scores with many ties, both positive classes."""
+    from sklearn.metrics import roc_curve
+
+    
+    rng = np.random.default_rng(seed)
+    sid = np.round(rng.normal(1.0, 1.0, 300 + seed), 1)  # rounding makes ties within and across the two groups
+    sood = np.round(rng.normal(0.0, 1.0, 200 + 7 * seed), 1)
+    y = np.r_[np.ones(sid.size), np.zeros(sood.size)].astype(int)
+    s = np.r_[sid, sood]
+    assert MT.auroc(sid, sood) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert MT.aupr_in(sid, sood) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert MT.aupr_out(sid, sood) == pytest.approx(average_precision_score(1 - y, -s), abs=1e-12)
+    for drop in (False, True):
+        fpr, tpr, _, _ = MT._roc(y, s, drop_intermediate=drop)
+        rf, rt, _ = roc_curve(y, s, drop_intermediate=drop)
+        np.testing.assert_allclose(fpr, rf, atol=1e-12)
+        np.testing.assert_allclose(tpr, rt, atol=1e-12)

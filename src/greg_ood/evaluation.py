@@ -51,11 +51,14 @@ def _odin_scores(model, images, *, mean, std, device, batch_size, temperature, e
 
 
 def score_arrays(model, sets: dict, *, names, mean, std, device, batch_size, odin_cfg, maha=None,
-                 num_classes: int) -> dict[str, dict[str, np.ndarray]]:
-    """``{score: {set: array}}`` for every set (``sets`` maps name -> uint8 images) and score name."""
+                 num_classes: int, logits_out: Optional[dict] = None) -> dict[str, dict[str, np.ndarray]]:
+    """``{score: {set: array}}`` for every set (``sets`` maps name -> uint8 images) and score name.
+    ``logits_out`` (optional dict) receives each set's logits, so callers need no second forward pass."""
     out: dict[str, dict[str, np.ndarray]] = {n: {} for n in names}
     for set_name, images in sets.items():
         logits, feats = forward_all(model, images, mean=mean, std=std, device=device, batch_size=batch_size)
+        if logits_out is not None:
+            logits_out[set_name] = logits
         for n in names:
             if n == "odin":
                 arr = _odin_scores(model, images, mean=mean, std=std, device=device, batch_size=batch_size,
@@ -85,11 +88,11 @@ def evaluate(model, *, id_test, ood: dict, eval_cfg, mean, std, device, primary:
                                batch_size=eval_cfg.batch_size)
         maha = S.Mahalanobis().fit(feats, torch.as_tensor(np.asarray(fit_split.labels)[idx]))
     sets = {"id": id_test.images, **{k: v.images for k, v in ood.items()}}
+    set_logits: dict = {}
     arrays = score_arrays(model, sets, names=names, mean=mean, std=std, device=device,
-                          batch_size=eval_cfg.batch_size, odin_cfg=eval_cfg.odin, maha=maha, num_classes=K)
-    id_logits, _ = forward_all(model, id_test.images, mean=mean, std=std, device=device,
-                               batch_size=eval_cfg.batch_size)
-    acc = float(MT.accuracy(id_logits, torch.as_tensor(np.asarray(id_test.labels)), num_classes=K))
+                          batch_size=eval_cfg.batch_size, odin_cfg=eval_cfg.odin, maha=maha, num_classes=K,
+                          logits_out=set_logits)
+    acc = float(MT.accuracy(set_logits["id"], torch.as_tensor(np.asarray(id_test.labels)), num_classes=K))
     results = {"id_accuracy": acc, "scores": {}}
     for n in names:
         per_set = {s: MT.ood_metrics(arrays[n]["id"], arrays[n][s], positive=eval_cfg.positive, tpr=eval_cfg.tpr,

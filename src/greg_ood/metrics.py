@@ -1,7 +1,9 @@
 """OOD detection metrics (method.md §7) and aggregation over OOD sets and seeds.
 
 Scores are "higher = more in-distribution" throughout. Values are fractions in [0, 1] (tables print percent).
-Curves come from scikit-learn (``roc_curve``, ``roc_auc_score``, ``average_precision_score``).
+Curves are computed here in NumPy (:func:`_roc`; the same definitions as scikit-learn's ``roc_curve``,
+``roc_auc_score`` and ``average_precision_score``, which the tests use as the reference): importing scikit-learn
+costs about a second per stage process.
 
 FPR rules (``fpr_rule`` / ``positive``):
 
@@ -56,9 +58,39 @@ def _labels_scores(score_id: np.ndarray, score_ood: np.ndarray):
     return y, s
 
 
+def _roc(y: np.ndarray, s: np.ndarray, drop_intermediate: bool = False):
+    """ROC curve of labels ``y`` (1 = positive) and scores ``s`` (higher = more positive), one point per distinct
+    threshold in decreasing order, preceded by the ``(0, 0)`` point (scikit-learn's ``roc_curve`` convention).
+
+    ``tps[k]``, ``fps[k]`` = positives / negatives scored ``>= thresholds[k]``; FPR = fps / N_neg, TPR = tps / N_pos.
+    ``drop_intermediate`` drops points collinear with their neighbours (they do not change the curve's area).
+    Returns ``(fpr, tpr, tps, fps)``.
+    """
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    last_of_group = np.r_[np.flatnonzero(np.diff(s_sorted)), y_sorted.size - 1]
+    tps = np.cumsum(y_sorted)[last_of_group].astype(np.float64)
+    fps = (last_of_group + 1 - tps).astype(np.float64)
+    if drop_intermediate and tps.size > 2:
+        keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+        tps, fps = tps[keep], fps[keep]
+    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
+    n_pos, n_neg = tps[-1], fps[-1]
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("scores: need at least one ID and one OOD sample")
+    return fps / n_neg, tps / n_pos, tps, fps
+
+
+def _average_precision(y: np.ndarray, s: np.ndarray) -> float:
+    """AP = sum_k (R_k - R_{k-1}) * P_k over distinct thresholds in decreasing order (R_0 = 0), the step-wise
+    (non-interpolated) area under the precision-recall curve (scikit-learn's ``average_precision_score``)."""
+    _, rec, tps, fps = _roc(y, s)
+    prec = tps[1:] / (tps[1:] + fps[1:])
+    return float(np.sum(np.diff(rec) * prec))
+
+
 def fpr_at_tpr(score_id, score_ood, tpr: float = 0.95, positive: str = "id", fpr_rule: str = "closest") -> float:
     """FPR at the given TPR under one of the rules described in the module docstring."""
-    from sklearn.metrics import roc_curve  # lazy: keeps stage start-up fast
     if not 0.0 < tpr <= 1.0:
         raise ValueError(f"tpr: must be in (0, 1], got {tpr}")
     if positive not in ("id", "ood"):
@@ -68,15 +100,15 @@ def fpr_at_tpr(score_id, score_ood, tpr: float = 0.95, positive: str = "id", fpr
     sid, sood = _to_numpy(score_id, "score_id"), _to_numpy(score_ood, "score_ood")
     if positive == "ood":
         y, s = _labels_scores(sid, sood)
-        fpr, tpr_c, _ = roc_curve(1 - y, -s, drop_intermediate=False)
+        fpr, tpr_c, _, _ = _roc(1 - y, -s)
         return float(fpr[int(np.argmax(tpr_c >= tpr))])
     if fpr_rule == "quantile":
         n_tp = max(int(math.floor(tpr * sid.size)), 1)
         th = np.sort(sid)[-n_tp]
         return float(np.mean(sood > th))
     y, s = _labels_scores(sid, sood)
-    fpr, rec, _ = roc_curve(y, s, drop_intermediate=False)
-    fpr, rec = fpr[1:], rec[1:]  # drop scikit-learn's (0, 0) point above the highest score
+    fpr, rec, _, _ = _roc(y, s)
+    fpr, rec = fpr[1:], rec[1:]  # drop the (0, 0) point above the highest score
     last = int(np.argmax(rec >= rec[-1]))  # first threshold reaching full ID recall
     fpr, rec = fpr[: last + 1], rec[: last + 1]
     dist = np.abs(rec - tpr)
@@ -85,24 +117,23 @@ def fpr_at_tpr(score_id, score_ood, tpr: float = 0.95, positive: str = "id", fpr
 
 
 def auroc(score_id, score_ood) -> float:
-    """Area under the ROC curve, ``roc_auc_score`` with ID = 1 (independent of the positive class)."""
-    from sklearn.metrics import roc_auc_score  # lazy: keeps stage start-up fast
+    """Area under the ROC curve (trapezoids over every distinct threshold; ties count one half), ID = 1.
+    Equals P(s_id > s_ood) + 0.5 P(s_id = s_ood); independent of the positive class."""
     y, s = _labels_scores(_to_numpy(score_id, "score_id"), _to_numpy(score_ood, "score_ood"))
-    return float(roc_auc_score(y, s))
+    fpr, tpr, _, _ = _roc(y, s)
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
 def aupr_in(score_id, score_ood) -> float:
     """Average precision with ID positive and the score as is (the only AUPR of the GReg code)."""
-    from sklearn.metrics import average_precision_score  # lazy: keeps stage start-up fast
     y, s = _labels_scores(_to_numpy(score_id, "score_id"), _to_numpy(score_ood, "score_ood"))
-    return float(average_precision_score(y, s))
+    return _average_precision(y, s)
 
 
 def aupr_out(score_id, score_ood) -> float:
     """Average precision with OOD positive and the negated score."""
-    from sklearn.metrics import average_precision_score  # lazy: keeps stage start-up fast
     y, s = _labels_scores(_to_numpy(score_id, "score_id"), _to_numpy(score_ood, "score_ood"))
-    return float(average_precision_score(1 - y, -s))
+    return _average_precision(1 - y, -s)
 
 
 def ood_metrics(score_id, score_ood, positive: str = "id", tpr: float = 0.95, fpr_rule: str = "closest") -> dict:
@@ -119,7 +150,6 @@ def ood_metrics(score_id, score_ood, positive: str = "id", tpr: float = 0.95, fp
 def roc_points(score_id, score_ood, max_points: int = 200, positive: str = "id") -> list[dict]:
     """ROC curve as ``[{"fpr": .., "tpr": ..}, ...]`` with at most ``max_points`` points (first and last kept, the rest
     evenly thinned). ``positive="id"``: TPR on ID, FPR on OOD (the paper's convention); ``"ood"``: the reverse."""
-    from sklearn.metrics import roc_curve  # lazy: keeps stage start-up fast
     if max_points < 2:
         raise ValueError(f"max_points: must be >= 2, got {max_points}")
     sid, sood = _to_numpy(score_id, "score_id"), _to_numpy(score_ood, "score_ood")
@@ -128,7 +158,7 @@ def roc_points(score_id, score_ood, max_points: int = 200, positive: str = "id")
         y, s = 1 - y, -s
     elif positive != "id":
         raise ValueError(f"positive: must be 'id' or 'ood', got {positive!r}")
-    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=True)
+    fpr, tpr, _, _ = _roc(y, s, drop_intermediate=True)
     if fpr.size > max_points:
         keep = np.unique(np.round(np.linspace(0, fpr.size - 1, max_points)).astype(int))
         fpr, tpr = fpr[keep], tpr[keep]
