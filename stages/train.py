@@ -1,16 +1,18 @@
 """train@<method>-<arch>-<seed> (per suite): fine-tune (or train from scratch) one method on one architecture/seed.
 
 With --lambda-grad the run is a point of the suite's lambda_grad ablation (experiment name gets `-lg<value>`).
+With train.nproc > 1 the stage re-executes itself under torchrun (DDP; docs/scale-out.md).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
 from greg_ood import config as C
 from greg_ood import pipeline
-from greg_ood.distributed import distributed_context
+from greg_ood.distributed import distributed_context, relaunch_under_torchrun
 from greg_ood.runlog import run_training
 
 
@@ -26,6 +28,9 @@ def main() -> None:
     cfg = pipeline.load_config()
     exp = cfg.experiment(args.suite, args.method, args.arch, args.seed, ablation_lambda=args.lambda_grad)
     t = exp.train
+    rc = relaunch_under_torchrun(t.nproc, sys.argv)  # None: single process, or already a torchrun worker
+    if rc is not None:
+        sys.exit(rc)
     with distributed_context(t) as dist:
         device = dist.device if dist is not None else pipeline.init_runtime(cfg, args.seed)
         if dist is not None:

@@ -27,11 +27,13 @@ CSV_FIELDS = ["step", "epoch", "lr", "ce", "energy", "oe", "abs", "grad", "total
 
 
 class CsvLog:
-    """Append-only CSV of training metrics, truncated to a given step on resume."""
+    """Append-only CSV of training metrics, truncated to a given step on resume (``enabled=False``: writes nothing,
+    for the non-zero ranks of a DDP run, which share rank 0's paths)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, enabled: bool = True):
         self.path = Path(path)
         self.rows: list[dict] = []
+        self.enabled = enabled
 
     def truncate_after(self, step: int) -> None:
         if not self.path.exists():
@@ -58,6 +60,8 @@ class CsvLog:
         return max(steps, default=-1)
 
     def _write(self, rows: list[dict], mode: str) -> None:
+        if not self.enabled:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = mode == "w" or not self.path.exists() or self.path.stat().st_size == 0
         with open(self.path, mode, newline="") as f:
@@ -92,7 +96,7 @@ def run_training(cfg, *, name: str, stage: str, suite: str, model, method: str, 
             log.warning("%s: checkpoint %s unreadable (%s); starting over", name, ckpt_path, e)
             ckpt_path.unlink(missing_ok=True)
     work_csv = ckpt_path.with_suffix(".train.csv")
-    csvlog = CsvLog(work_csv)
+    csvlog = CsvLog(work_csv, enabled=is_main)
     if resume_step:
         csvlog.truncate_after(resume_step)
         last = csvlog.last_step()
@@ -100,7 +104,7 @@ def run_training(cfg, *, name: str, stage: str, suite: str, model, method: str, 
             if step > last:
                 csvlog.add(row, step)
         csvlog.flush()
-    elif work_csv.exists():
+    elif work_csv.exists() and is_main:
         work_csv.unlink()
 
     ctx = tracking.stage_run(stage, name, suite=suite, params=params if is_main else None, resume_run_id=run_id,
@@ -125,6 +129,8 @@ def run_training(cfg, *, name: str, stage: str, suite: str, model, method: str, 
             pending.clear()
 
         def epoch_end(epoch: int, logs: dict) -> dict:
+            if not is_main:  # only rank 0 logs: the other ranks skip the evaluation
+                return {}
             acc = id_accuracy(model.module if hasattr(model, "module") else model, sd.id_test, mean=sd.mean,
                               std=sd.std, device=device)
             log.info("%s: epoch %d done, ID test accuracy %.4f", name, epoch + 1, acc)

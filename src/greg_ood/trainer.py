@@ -218,6 +218,8 @@ class Trainer:
                 name=method, lambda_energy=L.lambda_energy, lambda_grad=L.lambda_grad, m_in=L.m_in, m_out=L.m_out,
                 reduction=L.reduction, routing=L.routing, grad_space=L.grad_space, channel_std=channel_std,
                 lambda_oe=L.lambda_oe, lambda_abs=L.lambda_abs)
+        if distributed is not None:  # per-rank share of the global-batch objective (official penalty: lambda / W)
+            self.params = distributed.method_params(self.params)
         self.uses_aux = method != "ce"
         if self.uses_aux and aux_source is None:
             raise ValueError(f"method {method!r} needs auxiliary outliers but no aux_source was given")
@@ -244,6 +246,8 @@ class Trainer:
         self._check_weights(epoch, step)
         if self.ckpt_path is not None and (self.dist is None or self.dist.is_main):
             save_atomic(self.state(epoch, step), self.ckpt_path)
+        if self.dist is not None:
+            self.dist.barrier()  # every rank sees the new checkpoint once save() returns
         if self.on_save is not None:
             self.on_save()
 
@@ -266,16 +270,23 @@ class Trainer:
 
     # ---- auxiliary batch of one step
     def aux_batch(self, epoch: int, step: int, n_id: int):
-        """Auxiliary rows for this step (and their roles for split routing); virtual aux epochs wrap the pool."""
+        """Auxiliary rows for this step (and their roles for split routing); virtual aux epochs wrap the pool.
+
+        Under DDP (``n_id`` is then this rank's ID share) the rank keeps its share of the global auxiliary or
+        candidate batch; the clustering methods run the energy-based sampling on the rank's own candidates, with a
+        sampler stream of their own per rank (rank 0's equals the single-process stream)."""
         src = self.aux_source
         g_index = epoch * self.steps_per_epoch + step
         aux_epoch, aux_step = divmod(g_index, src.steps_per_epoch)
         x_aux = src.batch(aux_epoch, aux_step)
         x_aux = x_aux[0] if isinstance(x_aux, (tuple, list)) else x_aux
+        if self.dist is not None:
+            x_aux = self.dist.part(x_aux)
         if self.method not in CLUSTER_METHODS:
             return x_aux, None
         s = self.cfg.sampling
-        gen = step_generator(self.seed, "sample", epoch, step, x_aux.device)
+        rank = self.dist.rank if self.dist is not None else 0
+        gen = step_generator(self.seed, "sample" if rank == 0 else f"sample.rank{rank}", epoch, step, x_aux.device)
         model = self.model.module if hasattr(self.model, "module") else self.model
         idx, roles = M.select_auxiliary(
             model, x_aux, n_id, n_clusters=s.n_clusters, start=s.start, stop=s.stop, normalization=s.normalization,
@@ -299,6 +310,8 @@ class Trainer:
             for step, (x_id, y_id) in enumerate(self.id_source.iter_epoch(epoch, first), start=first):
                 if step >= self.steps_per_epoch:
                     break
+                if self.dist is not None:
+                    x_id, y_id = self.dist.part(x_id), self.dist.part(y_id)
                 if self.uses_aux:
                     try:
                         x_aux, roles = self.aux_batch(epoch, step, x_id.shape[0])
@@ -310,8 +323,6 @@ class Trainer:
                                                  f"last step's components: {self._last_components}") from None
                 else:
                     x_aux, roles = None, None
-                if self.dist is not None:
-                    x_id, y_id, x_aux, roles = self.dist.shard(x_id, y_id, x_aux, roles)
                 loss, logs = M.training_step(model, x_id, y_id, x_aux, self.params, aux_roles=roles)
                 comps = {k: float(v) for k, v in logs.items() if _is_number(v)}
                 if not torch.isfinite(loss):
@@ -326,6 +337,8 @@ class Trainer:
                 self.global_step += 1
                 self._last_components = comps
                 if self.global_step % self.log_every == 0 or step == self.steps_per_epoch - 1:
+                    if self.dist is not None:  # collective (same step on every rank): global-batch values
+                        logs = self.dist.mean_logs(logs, self.params)
                     row = {k: float(v) for k, v in logs.items() if _is_number(v)}
                     row["lr"] = self.optimizer.param_groups[0]["lr"]
                     row["epoch"] = epoch
