@@ -119,6 +119,15 @@ class Context:
             out[k] = v.to(logs[k].dtype if logs[k].is_floating_point() else torch.float32)
         return out
 
+    def check_same(self, value, what: str) -> None:
+        """Raise on every rank unless all ranks hold the same ``value`` (a collective; e.g. the resume position,
+        which differs when some ranks cannot see rank 0's checkpoint file)."""
+        values = [None] * self.world
+        dist.all_gather_object(values, value)
+        if any(v != values[0] for v in values):
+            raise RuntimeError(f"{what} differs between ranks: {values}; on several nodes the checkpoint folder "
+                               "must be on storage every node shares")
+
     def barrier(self) -> None:
         """Wait for every rank (e.g. until rank 0 has written a checkpoint)."""
         if self.device.type == "cuda":

@@ -299,6 +299,8 @@ class Trainer:
     def fit(self) -> FitResult:
         t0 = time.time()
         resumed = self.try_resume()
+        if self.dist is not None:
+            self.dist.check_same(resumed, "resume position")
         start_epoch, start_step = resumed or (0, 0)
         model = self.model
         model.train()
