@@ -3,8 +3,6 @@ min(eps, |gamma - E(x)| / ||grad_x E(x)||) per test set, ID vs OOD, for models t
 (the paper's Lipschitz argument; gamma = the energy threshold keeping 95 % of ID test data)."""
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 
@@ -18,11 +16,7 @@ from greg_ood.scores import energy
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--suite", required=True)
-    args = ap.parse_args()
-    pipeline.setup_logging()
-    cfg = pipeline.load_config()
+    args, cfg = pipeline.stage_cli(__doc__)
     s = cfg.suite(args.suite)
     cc = s.certify
     seed, arch = s.seeds[0], s.archs[0]

@@ -1,20 +1,12 @@
 """pretrain@<suite>-<arch>: plain cross-entropy training on the ID set (the model GReg fine-tunes)."""
 from __future__ import annotations
 
-import argparse
-
-from greg_ood import pipeline, tracking
-from greg_ood.evaluation import id_accuracy
-from greg_ood.runlog import CsvLog, run_training
+from greg_ood import pipeline
+from greg_ood.runlog import run_training
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--suite", required=True)
-    ap.add_argument("--arch", required=True)
-    args = ap.parse_args()
-    pipeline.setup_logging()
-    cfg = pipeline.load_config()
+    args, cfg = pipeline.stage_cli(__doc__, arch=True)
     s = cfg.suite(args.suite)
     pc = s.pretrain
     device = pipeline.init_runtime(cfg, pc.seed)

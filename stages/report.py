@@ -2,18 +2,12 @@
 ablation and gradient-term ablation tables, paired per-seed differences, and figures, under reports/<suite>/."""
 from __future__ import annotations
 
-import argparse
-
 from greg_ood import pipeline, tracking
 from greg_ood.report import build_suite_report
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--suite", required=True)
-    args = ap.parse_args()
-    pipeline.setup_logging()
-    cfg = pipeline.load_config()
+    args, cfg = pipeline.stage_cli(__doc__)
     P = pipeline.paths(cfg)
     exps = cfg.experiments(args.suite)
     metrics_files = [P.results(args.suite, e.name) for e in exps]

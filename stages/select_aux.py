@@ -8,7 +8,6 @@ figure (energy histogram kept vs all, cluster sizes, an image grid).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 
 import numpy as np
@@ -26,12 +25,7 @@ log = logging.getLogger("greg_ood")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--suite", required=True)
-    ap.add_argument("--arch", required=True)
-    args = ap.parse_args()
-    pipeline.setup_logging()
-    cfg = pipeline.load_config()
+    args, cfg = pipeline.stage_cli(__doc__, arch=True)
     s = cfg.suite(args.suite)
     sc = s.select
     device = pipeline.init_runtime(cfg, sc.seed)

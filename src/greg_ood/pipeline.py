@@ -1,6 +1,7 @@
 """Wiring shared by the stage scripts: params -> device, data splits, sources, models. No math here."""
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from dataclasses import dataclass
@@ -21,6 +22,31 @@ log = logging.getLogger("greg_ood")
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+def stage_cli(description: Optional[str], *, arch: bool = False, experiment: bool = False,
+              argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, C.Config]:
+    """The common front of every stage script: parse ``--suite`` (plus ``--arch``; plus ``--method``, ``--seed`` and
+    ``--lambda-grad`` for one experiment), set up logging and validate ``params.yaml`` (exit 2 naming the bad key)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--suite", required=True)
+    if experiment:
+        ap.add_argument("--method", required=True, choices=C.TRAIN_METHODS)
+    if arch or experiment:
+        ap.add_argument("--arch", required=True)
+    if experiment:
+        ap.add_argument("--seed", required=True, type=int)
+        ap.add_argument("--lambda-grad", type=float, default=None,
+                        help="a point of the suite's lambda_grad ablation (overrides loss.lambda_grad)")
+    args = ap.parse_args(argv)
+    setup_logging()
+    cfg = load_config()
+    try:
+        cfg.suite(args.suite)
+    except C.ConfigError as e:
+        print(f"error: --suite: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return args, cfg
 
 
 def load_config(path: str = "params.yaml") -> C.Config:
