@@ -1,27 +1,16 @@
 """evaluate@<method>-<arch>-<seed> (per suite): every configured score on the ID test set and each OOD set."""
 from __future__ import annotations
 
-import argparse
 import json
 
-import numpy as np
 
-from greg_ood import config as C
 from greg_ood import pipeline, tracking
 from greg_ood.evaluation import evaluate
 from greg_ood.io import write_json_atomic, write_npz_atomic
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--suite", required=True)
-    ap.add_argument("--method", required=True, choices=C.TRAIN_METHODS)
-    ap.add_argument("--arch", required=True)
-    ap.add_argument("--seed", required=True, type=int)
-    ap.add_argument("--lambda-grad", type=float, default=None)
-    args = ap.parse_args()
-    pipeline.setup_logging()
-    cfg = pipeline.load_config()
+    args, cfg = pipeline.stage_cli(__doc__, experiment=True)
     exp = cfg.experiment(args.suite, args.method, args.arch, args.seed, ablation_lambda=args.lambda_grad)
     s = cfg.suite(args.suite)
     ev = s.eval

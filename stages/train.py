@@ -5,27 +5,17 @@ With train.nproc > 1 the stage re-executes itself under torchrun (DDP; docs/scal
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 
-from greg_ood import config as C
 from greg_ood import pipeline
 from greg_ood.distributed import distributed_context, relaunch_under_torchrun
 from greg_ood.runlog import run_training
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--suite", required=True)
-    ap.add_argument("--method", required=True, choices=C.TRAIN_METHODS)
-    ap.add_argument("--arch", required=True)
-    ap.add_argument("--seed", required=True, type=int)
-    ap.add_argument("--lambda-grad", type=float, default=None, help="ablation point (overrides loss.lambda_grad)")
-    args = ap.parse_args()
-    pipeline.setup_logging()
-    cfg = pipeline.load_config()
+    args, cfg = pipeline.stage_cli(__doc__, experiment=True)
     exp = cfg.experiment(args.suite, args.method, args.arch, args.seed, ablation_lambda=args.lambda_grad)
     t = exp.train
     rc = relaunch_under_torchrun(t.nproc, sys.argv)  # None: single process, or already a torchrun worker
