@@ -8,6 +8,7 @@ import pickle
 import socket
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,12 +21,14 @@ from greg_ood.data import Source
 class FileServer:
     """Serves ``files`` (url path -> bytes) on 127.0.0.1 with HTTP Range support. ``modes[path]`` is a list of
     per-request behaviours consumed in order: "cut" (promise the whole body, send half, close), "corrupt" (right
-    length, wrong bytes), "html" (an HTML page), "404", "500", "norange" (ignore Range, send 200)."""
+    length, wrong bytes), "html" (an HTML page), "404", "500", "norange" (ignore Range, send 200). A positive
+    ``delay`` throttles full bodies to ``chunk`` bytes per ``delay`` seconds (so a client can be killed mid-transfer)."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.modes: dict[str, list[str]] = {}
         self.log: list[tuple[str, str]] = []  # (path, Range header)
+        self.delay, self.chunk = 0.0, 1 << 16
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -72,7 +75,17 @@ class FileServer:
                     self.close_connection = True
                     return
                 self.end_headers()
-                self.wfile.write(part)
+                if server.delay <= 0:
+                    self.wfile.write(part)
+                    return
+                for i in range(0, len(part), server.chunk):  # throttled: ``chunk`` bytes every ``delay`` s
+                    try:
+                        self.wfile.write(part[i:i + server.chunk])
+                        self.wfile.flush()
+                    except (BrokenPipeError, ConnectionResetError):  # the client was killed
+                        self.close_connection = True
+                        return
+                    time.sleep(server.delay)
 
             def _plain(self, code, data, ctype="text/plain"):
                 self.send_response(code)

@@ -1,36 +1,164 @@
-"""Atomic writers: a file is either the old complete version or the new complete version, never partial."""
+"""Atomic writers: a file is either the old complete version or the new complete version, never partial.
+
+Every writer goes through :func:`atomic_open`: the bytes go to a hidden temporary sibling
+``.<name>.tmp-<pid>-<token>`` (a name no consumer's pattern such as ``*.npz`` or ``*.json`` matches), which is
+flushed, fsynced and renamed over the final name; the folder is fsynced after the rename. A process killed
+mid-write leaves only such a temporary file; the next write of the same file (or :func:`remove_stale_temps` on its
+folder) deletes the temporaries of processes that no longer exist, so a re-run leaves exactly the files of an
+uninterrupted run.
+"""
 from __future__ import annotations
 
 import json
 import os
+import re
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
 
-def _replace(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
+
+def temp_name(path: Path) -> Path:
+    """The temporary sibling used while ``path`` is being written (unique per process and call)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def is_temp_file(path: os.PathLike | str) -> bool:
+    """Whether ``path`` is named like a temporary file of :func:`atomic_open` (never a complete output)."""
+    return _TMP_RE.match(Path(path).name) is not None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with id ``pid`` exists (ours counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: os.PathLike | str, name: str | None = None, recursive: bool = False) -> list[Path]:
+    """Delete the temporary files left in ``folder`` by killed writers (their process is gone); only those of the
+    final file ``name`` when given. Returns the removed paths."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    it = folder.rglob(".*.tmp-*") if recursive else folder.glob(".*.tmp-*")
+    for p in it:
+        m = _TMP_RE.match(p.name)
+        if m is None or (name is not None and m["name"] != name) or not p.is_file():
+            continue
+        if pid_alive(int(m["pid"])):
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def remove_stale_dirs(parent: os.PathLike | str, pattern: str) -> list[Path]:
+    """Delete the entries of ``parent`` whose name fully matches the regex ``pattern`` (which has a group ``pid``)
+    and whose process is gone: the temporary folders of killed builders. Returns the removed paths."""
+    import shutil
+
+    parent = Path(parent)
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    rx = re.compile(pattern)
+    for e in os.scandir(parent):
+        m = rx.fullmatch(e.name)
+        if m is None or pid_alive(int(m["pid"])):
+            continue
+        p = Path(e.path)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def fsync_dir(folder: os.PathLike | str) -> None:
+    """fsync a folder so a rename inside it is durable (no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_open(path: os.PathLike | str, mode: str = "wb", **kw) -> Iterator:
+    """Open a temporary sibling of ``path`` for writing; on a clean exit flush, fsync and rename it to ``path``.
+    On an exception the temporary file is removed and ``path`` is untouched."""
+    if "r" in mode or "a" in mode or "+" in mode:
+        raise ValueError(f"atomic_open is for writing a whole file, not mode {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, path.name)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, mode, **kw) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: os.PathLike | str, data: bytes | str) -> Path:
+    """Write ``data`` (str is UTF-8 encoded) to ``path`` atomically; returns ``path``."""
+    with atomic_open(path, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
 
 
 def write_json_atomic(path, obj, indent: int = 1) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
+    """``json.dump`` to ``path`` atomically (NumPy scalars/arrays and paths are converted)."""
+    with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=indent, default=_default)
-        f.flush()
-        os.fsync(f.fileno())
-    _replace(tmp, path)
 
 
 def write_npz_atomic(path, arrays: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez_compressed(tmp, **arrays)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    _replace(tmp, path)
+    """``np.savez_compressed`` to ``path`` atomically (written through a file object: no suffix is appended)."""
+    with atomic_open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def copy_atomic(src: os.PathLike | str, dest: os.PathLike | str, chunk: int = 1 << 20) -> Path:
+    """Copy ``src`` to ``dest`` atomically; returns ``dest``."""
+    with open(src, "rb") as fi, atomic_open(dest, "wb") as fo:
+        while True:
+            b = fi.read(chunk)
+            if not b:
+                break
+            fo.write(b)
+    return Path(dest)
 
 
 def _default(o):

@@ -23,12 +23,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+
+from .io import remove_stale_temps, write_bytes_atomic
 
 __all__ = [
     "METHOD_ORDER", "METHOD_NAMES", "ARCH_NAMES", "SUITE_BENCHMARK",
@@ -746,20 +747,8 @@ def _table_to_csv(t: pd.DataFrame) -> str:
 
 
 def _atomic_write(path: Path, data: str | bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    """Write ``data`` to ``path`` atomically (temp + fsync + rename, :func:`greg_ood.io.write_bytes_atomic`)."""
+    return write_bytes_atomic(path, data)
 
 
 def write_table(table: pd.DataFrame, out_dir: os.PathLike | str, stem: str) -> dict[str, Path]:
@@ -1232,4 +1221,5 @@ def _cleanup_stale(out: Path, written: Mapping[str, Path]) -> None:
         p = out / r
         if p.is_file() and ".." not in Path(r).parts:
             p.unlink()
+    remove_stale_temps(out, recursive=True)  # temporaries of a killed earlier run
     _atomic_write(mf, json.dumps(rel, indent=1) + "\n")

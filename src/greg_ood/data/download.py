@@ -14,10 +14,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
-import json
 import logging
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -29,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
+from ..io import write_json_atomic
 from .sources import Source
 
 log = logging.getLogger("greg_ood.data")
@@ -292,7 +291,7 @@ def _finish(part: Path, dest: Path, source: Source, url: str = "") -> bool:
         part.unlink(missing_ok=True)
         return False
     side = dest.with_name(dest.name + ".origin")
-    side.write_text(json.dumps({"url": url, "verified": detail}))
+    write_json_atomic(side, {"url": url, "verified": detail})
     os.replace(part, dest)
     return True
 
@@ -312,9 +311,3 @@ def _bar(progress: bool, total, initial: int, desc: str):
 
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
                 mininterval=1.0, leave=False)
-
-
-def copy_atomic(src: Path, dest: Path) -> None:
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import tarfile
 import zipfile
@@ -21,11 +22,30 @@ def is_image_name(name: str) -> bool:
     return not base.startswith(("._", ".")) and base.lower().endswith(IMAGE_EXTS)
 
 
+class UnreadableImageError(OSError):
+    """An image file that cannot be decoded (empty, truncated, not an image); the message names the file."""
+
+
 def open_image(data: bytes | str | Path, mode: str = "RGB") -> Image.Image:
-    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    with Image.open(src) as im:
-        im.load()
-        return im.convert(mode)
+    """Decode an image (bytes or a file path) fully and convert it to ``mode``. A file that cannot be decoded
+    raises :class:`UnreadableImageError` naming the path (bytes input keeps PIL's own exception)."""
+    if isinstance(data, (bytes, bytearray)):
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert(mode)
+    try:
+        with Image.open(data) as im:
+            im.load()
+            return im.convert(mode)
+    except FileNotFoundError:
+        raise UnreadableImageError(f"{data}: image file missing (deleted or moved after the dataset was "
+                                   f"prepared?)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        size = os.path.getsize(data) if os.path.exists(data) else None
+        what = "empty (0 bytes)" if size == 0 else f"{size:,} bytes"
+        raise UnreadableImageError(f"{data}: cannot be decoded as an image ({what}; {type(e).__name__}: {e}); "
+                                   f"the file is corrupt or truncated: replace it from the original archive or "
+                                   f"delete it and prepare the dataset again") from None
 
 
 def resize_shorter(im: Image.Image, size: int) -> Image.Image:
@@ -118,9 +138,12 @@ def list_archive_images(path: Path) -> list[str]:
 def extract_archive(path: Path, dest: Path) -> Path:
     """Unpack ``path`` into ``dest`` atomically (a temporary sibling folder renamed at the end); members that would
     land outside ``dest`` (absolute paths, ``..``, links out) are refused. An existing ``dest`` is kept as is."""
+    from ..io import remove_stale_dirs
+
     dest = Path(dest)
     if dest.is_dir():
         return dest
+    remove_stale_dirs(dest.parent, rf"{re.escape(dest.name)}\.tmp(?P<pid>\d+)")  # left by a killed extraction
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -13,11 +13,18 @@ whose files pass the fast check is reused as it is.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
+import lzma
 import os
+import pickle
+import re
 import shutil
+import tarfile
+import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -384,12 +391,19 @@ def prepare(name: str, *, data_dir: Union[str, Path], options: Optional[dict] = 
                 return man
         except PreparedDataError as e:
             log.warning("%s: prepared copy not reusable (%s); preparing again", name, str(e).splitlines()[0])
+    from ..io import remove_stale_dirs
+
+    # build folders of killed earlier runs (never taken for a prepared copy, but they can be large)
+    remove_stale_dirs(out.parent, rf"\.{re.escape(name)}\.(?:tmp|old)(?P<pid>\d+)")
     tmp = out.with_name(f".{name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         ctx = BuildContext(spec, opts, data_dir, tmp, progress, srcs)
-        BUILDERS[spec.builder](ctx)
+        try:
+            BUILDERS[spec.builder](ctx)
+        except _ARCHIVE_ERRORS as e:
+            raise PreparedDataError(_corrupt_input_message(ctx, e)) from e
         missing = [s for s in spec.splits if s not in ctx.manifest["splits"]]
         if missing:
             raise RuntimeError(f"{name}: converter produced no {missing} split(s)")
@@ -408,6 +422,27 @@ def prepare(name: str, *, data_dir: Union[str, Path], options: Optional[dict] = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+#: what reading a truncated or corrupt archive raises (tar/gzip/bz2/xz/zip/pickle)
+_ARCHIVE_ERRORS = (EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error, gzip.BadGzipFile, lzma.LZMAError,
+                   pickle.UnpicklingError)
+
+
+def _corrupt_input_message(ctx: BuildContext, e: BaseException) -> str:
+    """A message naming the input file(s) a converter was reading when the archive turned out unreadable."""
+    srcs = ctx.manifest.get("sources", [])
+    files = [Path(s["path"]) if Path(s["path"]).is_absolute() else ctx.data_dir / s["path"] for s in srcs]
+    lines = [f"{ctx.name}: cannot read {', '.join(str(f) for f in files) or 'its input archive'}: "
+             f"{type(e).__name__}: {e}."]
+    for s, f in zip(srcs, files):
+        want = ctx.sources[s["filename"]].size if s["filename"] in ctx.sources else None
+        have = os.path.getsize(f) if f.exists() else None
+        size = f"{have:,} bytes" if have is not None else "missing"
+        lines.append(f"  {f}: {size}" + (f", {want:,} expected" if want else "")
+                     + ("" if s.get("checksum_confirmed", True) else " (its published checksum is unconfirmed)"))
+    lines.append(f"The archive is truncated or corrupt: delete it and {_fix_hint(ctx.name)}.")
+    return "\n".join(lines)
 
 
 def _within_dataset_overlap(folder: Path, manifest: dict) -> dict:
