@@ -124,8 +124,30 @@ def _unpack_archives(root: Path, dest: Path) -> tuple[Path, Path]:
     return dest / "train", dest / "val"
 
 
-def _list_class(d: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(d) if e.is_file() and not e.name.startswith("."))
+def _list_class(d: Path, empty: Optional[list] = None) -> list[str]:
+    """Sorted file names of one class folder; zero-byte files (an interrupted copy or extraction) are left out and
+    appended to ``empty`` as paths."""
+    out = []
+    for e in os.scandir(d):
+        if not e.is_file() or e.name.startswith("."):
+            continue
+        if e.stat().st_size == 0:
+            if empty is not None:
+                empty.append(Path(e.path))
+            continue
+        out.append(e.name)
+    return sorted(out)
+
+
+def _warn_empty(ctx: BuildContext, empty: list) -> None:
+    """Report zero-byte image files by name (they are not in the file lists)."""
+    if not empty:
+        return
+    empty = sorted(str(p) for p in empty)
+    shown = ", ".join(empty[:20]) + (f" and {len(empty) - 20} more" if len(empty) > 20 else "")
+    ctx.warn(f"{len(empty)} empty (0-byte) image files left out of the file lists: {shown}; "
+             f"re-copy or re-extract them and prepare again to include them")
+    ctx.manifest["empty_files_skipped"] = empty
 
 
 @builder("imagenet")
@@ -152,10 +174,11 @@ def build_imagenet(ctx: BuildContext) -> None:
     def rel(p: Path) -> str:
         return p.relative_to(root).as_posix()
 
+    empty: list[Path] = []
     for split, cdirs in (("train", tr_classes), ("val", va_classes)):
         files, labels = [], []
         for lab, w in enumerate(ids):
-            for f in _list_class(cdirs[w]):
+            for f in _list_class(cdirs[w], empty):
                 files.append(rel(cdirs[w] / f))
                 labels.append(lab)
         ctx.write_files(split, root, files, labels, names, mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -164,12 +187,13 @@ def build_imagenet(ctx: BuildContext) -> None:
     for w in sorted(tr_classes):
         if w in ids or w not in index:
             continue
-        for f in _list_class(tr_classes[w]):
+        for f in _list_class(tr_classes[w], empty):
             aux_files.append(rel(tr_classes[w] / f))
             aux_cls.append(index[w])
     ctx.write_files("aux", root, aux_files, None, (), mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     stats="ImageNet constants (not computed)", aux_classes=len(set(aux_cls)),
                     aux_index_range=[k, 999])
+    _warn_empty(ctx, empty)
     ctx.manifest["id_wnids"] = ids
     ctx.manifest["class_rule"] = f"RandomState({PERMUTATION_SEED}).permutation(1000) over sorted wnids; index < {k}"
 
@@ -184,6 +208,10 @@ def build_mos(ctx: BuildContext) -> None:
     files = list_image_files(root)
     if ctx.spec.raw_group == "dtd":
         files = [f for f in files if f.startswith("dtd/images/")]
+    empty = [root / f for f in files if os.path.getsize(root / f) == 0]
+    if empty:
+        _warn_empty(ctx, empty)
+        files = [f for f in files if os.path.getsize(root / f) > 0]
     if not files:
         raise ValueError(f"{path}: no images in the archive")
     count, seed = int(ctx.options["count"]), int(ctx.options["seed"])
