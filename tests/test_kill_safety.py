@@ -244,7 +244,7 @@ def _check_prepared_state(d: Path, blob: bytes, exp: dict) -> dict:
 def _prepare_points():
     rnd = random.Random(SEED + 2)
     return [("part", round(rnd.uniform(0.15, 0.85), 3)), ("part", round(rnd.uniform(0.15, 0.85), 3)),
-            ("prepare", round(rnd.uniform(0.0, 0.15), 3)), ("replace", rnd.randint(1, 4))]
+            ("prepare", round(rnd.uniform(0.0, 0.1), 3)), ("replace", rnd.randint(1, 4))]
 
 
 @pytest.mark.parametrize("kind,at", _prepare_points())
@@ -269,12 +269,11 @@ def test_download_and_prepare_survive_sigkill(tmp_path, server, c10, kind, at):
             time.sleep(0.002)
         assert _kill(p), "the download finished before the kill"
         server.delay = 0.0
-    elif kind == "prepare":  # kill ``at`` seconds into the conversion (its build folder exists)
+    elif kind == "prepare":  # kill ``at`` seconds into the conversion (the verified archive is in place)
         p = _start(args)
-        prep = d / "prepared"
+        raw = part.with_name("cifar-10-python.tar.gz")
         deadline = time.time() + 60
-        while p.poll() is None and time.time() < deadline and not (
-                prep.is_dir() and any(n.startswith(".cifar10.tmp") for n in os.listdir(prep))):
+        while p.poll() is None and time.time() < deadline and not raw.exists():
             time.sleep(0.001)
         time.sleep(at)
         _kill(p)
