@@ -16,7 +16,7 @@ import torch
 from greg_ood import data as D
 from greg_ood import pipeline, tracking
 from greg_ood.evaluation import forward_all
-from greg_ood.io import write_json_atomic
+from greg_ood.io import atomic_open, write_json_atomic
 from greg_ood.report import plot_selection
 from greg_ood.sampling import cluster_features, energy_cluster_select
 from greg_ood.scores import energy
@@ -62,9 +62,8 @@ def main() -> None:
                    "energy_all": _stats(e_np), "energy_kept": _stats(e_np[keep]), "cluster_sizes": sizes,
                    "overlap_guard": overlap}
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "indices.npy.tmp.npy"
-        np.save(tmp, keep.astype(np.int64))
-        tmp.replace(out / "indices.npy")
+        with atomic_open(out / "indices.npy") as f:
+            np.save(f, keep.astype(np.int64))
         write_json_atomic(out / "summary.json", summary)
         rng = np.random.RandomState(sc.seed)
         grid = sd.aux.images[np.sort(rng.choice(keep, min(64, len(keep)), replace=False))]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import methods as M
+from .io import atomic_open
 from .config import CLUSTER_METHODS, TrainCfg, PretrainCfg
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -119,22 +120,9 @@ def lr_multiplier(cfg, base_lr: float, steps_per_epoch: int, epochs: int) -> Cal
 
 # ------------------------------------------------------------------------------------------------------ checkpoint
 def save_atomic(obj: dict, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    """``torch.save`` through :func:`greg_ood.io.atomic_open` (temporary file, fsync, rename, folder fsync)."""
+    with atomic_open(path) as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
