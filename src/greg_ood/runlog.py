@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
 
 from . import tracking
 from .evaluation import id_accuracy
@@ -113,6 +112,7 @@ def run_training(cfg, *, name: str, stage: str, suite: str, model, method: str, 
     with ctx as run:
         if carried and run_id is not None and getattr(run, "run_id", None) == run_id:
             _publish_missing(run, carried)
+        bar = _StepBar(name)
         # rows logged since the last checkpoint; saved inside the next checkpoint, then published (so a kill between
         # the two loses nothing: the resumed run publishes whatever the store lacks)
         pending: list = []
@@ -141,8 +141,9 @@ def run_training(cfg, *, name: str, stage: str, suite: str, model, method: str, 
                           log_every=cfg.params.mlflow.log_every, epoch_end=epoch_end,
                           extra_state={"mlflow_run_id": getattr(run, "run_id", None), "pending": pending},
                           distributed=distributed,
-                          on_save=on_save)
-        result = trainer.fit()
+                          on_save=on_save, progress=bar.update_to if is_main else None)
+        with bar:
+            result = trainer.fit()
         on_save()
         if is_main:
             bare = model.module if hasattr(model, "module") else model
@@ -174,6 +175,30 @@ def _publish_missing(run, rows: list) -> None:
         if todo:
             run.log_metrics(todo, step)
     run.flush()
+
+
+class _StepBar:
+    """A tqdm progress bar over the training steps (shown on a terminal only: tqdm's ``disable=None``)."""
+
+    def __init__(self, desc: str):
+        self.desc = desc
+        self.bar = None
+
+    def update_to(self, step: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=step - 1, desc=self.desc, unit="step", disable=None,
+                            mininterval=1.0, dynamic_ncols=True)
+        self.bar.update(step - self.bar.n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
 
 
 class _NullRun:

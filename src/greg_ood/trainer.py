@@ -190,7 +190,8 @@ class Trainer:
                  aux_source=None, device: torch.device, seed: int, ckpt_path: Optional[Path] = None,
                  config_hash: str = "", channel_std=None, log: Optional[LogFn] = None, log_every: int = 10,
                  epoch_end: Optional[Callable[[int, dict], dict]] = None, extra_state: Optional[dict] = None,
-                 distributed=None, on_save: Optional[Callable[[], None]] = None):
+                 distributed=None, on_save: Optional[Callable[[], None]] = None,
+                 progress: Optional[Callable[[int, int], None]] = None):
         self.model = model
         self.method = method
         self.cfg = cfg
@@ -206,6 +207,7 @@ class Trainer:
         self.extra_state = dict(extra_state or {})
         self.dist = distributed  # greg_ood.distributed.Context or None
         self.on_save = on_save
+        self.progress = progress  # called as progress(global_step, total_steps) after every step (a progress bar)
         self.steps_per_epoch = id_source.steps_per_epoch
         if getattr(cfg, "steps_per_epoch", None):
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.steps_per_epoch)
@@ -341,6 +343,8 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.global_step += 1
+                if self.progress is not None:
+                    self.progress(self.global_step, self.cfg.epochs * self.steps_per_epoch)
                 self._last_components = comps
                 if self.global_step % self.log_every == 0 or step == self.steps_per_epoch - 1:
                     if self.dist is not None:  # collective (same step on every rank): global-batch values
