@@ -9,23 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_fixtures import FileServer, image_folder_tarball, md5, source_for, write
+from data_fixtures import image_folder_tarball, md5, source_for, write
 from greg_ood import data as D
 from greg_ood.data import Source
-from greg_ood.data import download as DL
 from greg_ood.data import imagenet as IN
 from greg_ood.data.datasets import decode_test, decode_train
 from greg_ood.data.images import UnreadableImageError
 
 IDS = IN.id_classes(10)
-
-
-@pytest.fixture
-def server(monkeypatch):
-    monkeypatch.setattr(DL, "DEFAULT_BACKOFF", 0.01)
-    s = FileServer()
-    yield s
-    s.close()
 
 
 def _jpeg_bytes(rng, h=48, w=40) -> bytes:

@@ -6,19 +6,11 @@ import os
 
 import pytest
 
-from data_fixtures import FileServer, closed_port_url, md5, source_for
+from data_fixtures import closed_port_url, md5, source_for
 from greg_ood.data import download as DL
 from greg_ood.data import ManualDownloadRequired, Source, fetch
 
 PAYLOAD = os.urandom(3 * DL.CHUNK + 12345)  # several read chunks
-
-
-@pytest.fixture
-def server(monkeypatch):
-    monkeypatch.setattr(DL, "DEFAULT_BACKOFF", 0.01)
-    s = FileServer()
-    yield s
-    s.close()
 
 
 def _fetch(src, tmp_path, **kw):

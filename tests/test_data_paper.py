@@ -8,20 +8,12 @@ import os
 import numpy as np
 import pytest
 
-from data_fixtures import (FileServer, closed_port_url, cifar10_tarball, cifar100_tarball, image_folder_tarball,
+from data_fixtures import (closed_port_url, cifar10_tarball, cifar100_tarball, image_folder_tarball,
                            npy_bytes, source_for, svhn_mat, write)
 from greg_ood import data as D
 from greg_ood.data import download as DL
 from greg_ood.data.images import center_crop, resize_shorter
 from PIL import Image
-
-
-@pytest.fixture
-def server(monkeypatch):
-    monkeypatch.setattr(DL, "DEFAULT_BACKOFF", 0.01)
-    s = FileServer()
-    yield s
-    s.close()
 
 
 def _serve(server, name, filename, data):

@@ -23,9 +23,8 @@ import numpy as np
 import pytest
 
 import kill_driver as KD
-from data_fixtures import FileServer, cifar10_tarball, md5, source_for
+from data_fixtures import cifar10_tarball, md5, source_for
 from greg_ood import data as D
-from greg_ood.data import download as DL
 
 DRIVER = Path(__file__).with_name("kill_driver.py")
 SEED = 20261122
@@ -204,14 +203,6 @@ def test_report_writes_survive_sigkill(tmp_path, report_inputs, kind, at):
 def c10():
     """A 5.5 MB cifar-10-python.tar.gz in the real format (300 images per batch) and its expected arrays."""
     return cifar10_tarball(n_per_batch=300, seed=3)
-
-
-@pytest.fixture
-def server(monkeypatch):
-    monkeypatch.setattr(DL, "DEFAULT_BACKOFF", 0.01)
-    s = FileServer()
-    yield s
-    s.close()
 
 
 def _prepare_here(data_dir: Path, src) -> dict:
