@@ -198,3 +198,17 @@ def test_queued_sweep_runs_in_parallel_and_builds_ablation_across_experiments(re
     rows = [ln.split("|") for ln in table.splitlines() if ln.startswith("|") and "GReg" in ln]
     lambdas = {r[3].strip() for r in rows}
     assert {"0.5", "2"} <= lambdas, table
+
+
+def test_dvc_plots_show_renders_roc_and_training_curves(repo):
+    """`dvc plots show` (the README's command) finds the declared ROC and training-curve data and writes HTML."""
+    d, env, _ = repo
+    out = d / "dvc_plots_test"
+    _sh([str(BIN / "dvc"), "plots", "show", "-o", str(out)], d, env)
+    html = (out / "index.html").read_text()
+    assert "plots/mini/roc/mini-greg-small_cnn-s0.json" in html
+    assert "metrics/mini/train/mini-greg-small_cnn-s0.train.csv" in html
+    shown = json.loads(_sh([str(BIN / "dvc"), "plots", "show", "--json"], d, env).stdout)
+    data = shown["data"]  # {"data": {plot file: ...}, "errors": [...]}; the other suites' files do not exist here
+    assert any(k.startswith("plots/mini/roc/") for k in data), sorted(data)[:10]
+    assert any(k.startswith("metrics/mini/train/") for k in data), sorted(data)[:10]
