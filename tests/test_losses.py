@@ -211,7 +211,7 @@ def test_energy_margin_loss_hand_values():
     b = torch.tensor([-1.0, 3.0], requires_grad=True)
     v = L.energy_margin_loss(a, b, -25.0, -7.0)
     v.backward()
-    assert float(v) == 0.0 and float(a.grad.abs().sum()) == 0.0 and float(b.grad.abs().sum()) == 0.0
+    assert float(v.detach()) == 0.0 and float(a.grad.abs().sum()) == 0.0 and float(b.grad.abs().sum()) == 0.0
     # all active: (5^2 + 10^2)/2 + (3^2 + 5^2)/2 = 62.5 + 17 ; gradients 2 (E - m_in)/n_in and -2 (m_out - E)/n_out
     a = torch.tensor([-20.0, -15.0], requires_grad=True)
     b = torch.tensor([-10.0, -12.0], requires_grad=True)
