@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .download import fetch
+from .download import fetch, file_digest
 from .sources import DATASETS, DatasetSpec, Source, resolve_options, DOWNLOAD_OPTIONS
 
 log = logging.getLogger("greg_ood.data")
@@ -129,15 +129,9 @@ def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[tuple[float, .
 
 
 # ----------------------------------------------------------------------------------------------------- hashing
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
+def sha256_file(path: Path) -> str:
+    """SHA-256 hex digest of a file (the manifests' checksum)."""
+    return file_digest(path, "sha256")
 
 
 def probe_hash(path: Path) -> str:
@@ -189,7 +183,7 @@ def overlap_guard(aux, others: dict) -> dict[str, int]:
 
 def _overlap_files(aux, others: dict) -> dict[str, int]:
     def file_hash(p: Path) -> str:
-        return sha256_file(p, chunk=1 << 20)
+        return sha256_file(p)
 
     def paths(s) -> list[Path]:
         return s.paths if isinstance(s, FileListSplit) else []
