@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-
 from greg_ood import pipeline, tracking
 from greg_ood.evaluation import evaluate
 from greg_ood.io import write_json_atomic, write_npz_atomic

@@ -120,3 +120,16 @@ def test_random_crops_vary_size_position_and_flip():
     spans = np.abs(right - left)
     assert spans.min() < 30 and spans.max() > 180  # small and large crops
     assert len(np.unique(left)) > 100  # many positions
+
+
+def test_fashion_mnist_folder_is_configurable(tmp_path):
+    """GREG_OOD_FASHION_MNIST_DIR replaces the Debian package folder as the place the download stage looks in."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from greg_ood.data import sources as S; "
+            "print(S.FMNIST_DIR); print(S.DATASETS['fashion_mnist'].sources[0].system_dirs)")
+    env = {**os.environ, "GREG_OOD_FASHION_MNIST_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0] == str(tmp_path) and str(tmp_path) in out.splitlines()[1]

@@ -42,7 +42,7 @@ def runs(tmp_path_factory):
     cmd = D.torchrun_command(2, [str(HERE / "ddp_driver.py"), str(out), *JOBS_2])
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    two = torch.load(out, weights_only=False)
+    two = torch.load(out, weights_only=True)
     threads = torch.get_num_threads()
     try:
         one = {j: ddp_driver.run_job(*j.split(":")) for j in JOBS_1}

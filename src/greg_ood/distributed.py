@@ -68,12 +68,6 @@ class Context:
         b = n // self.world
         return t[self.rank * b:(self.rank + 1) * b]
 
-    _part = part  # older name
-
-    def shard(self, x_id, y_id, x_aux=None, roles=None):
-        """This rank's share of the ID rows, labels, auxiliary rows and their roles (``None`` stays ``None``)."""
-        return self.part(x_id), self.part(y_id), self.part(x_aux), self.part(roles)
-
     def method_params(self, params):
         """Loss parameters for one rank's share of the batch, such that the DDP average of the per-rank gradients
         equals the gradient of the loss on the global batch.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,9 +41,7 @@ def pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
         return True
     return True
 
@@ -72,8 +71,6 @@ def remove_stale_temps(folder: os.PathLike | str, name: str | None = None, recur
 def remove_stale_dirs(parent: os.PathLike | str, pattern: str) -> list[Path]:
     """Delete the entries of ``parent`` whose name fully matches the regex ``pattern`` (which has a group ``pid``)
     and whose process is gone: the temporary folders of killed builders. Returns the removed paths."""
-    import shutil
-
     parent = Path(parent)
     removed: list[Path] = []
     if not parent.is_dir():

@@ -746,18 +746,13 @@ def _table_to_csv(t: pd.DataFrame) -> str:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp + fsync + rename, :func:`greg_ood.io.write_bytes_atomic`)."""
-    return write_bytes_atomic(path, data)
-
-
 def write_table(table: pd.DataFrame, out_dir: os.PathLike | str, stem: str) -> dict[str, Path]:
     """Write ``<stem>.md``, ``<stem>.tex`` and ``<stem>.csv`` under ``out_dir`` (each atomically: temp + rename).
     Returns ``{"md": path, "tex": path, "csv": path}``."""
     out = Path(out_dir)
-    return {"md": _atomic_write(out / f"{stem}.md", table_to_markdown(table)),
-            "tex": _atomic_write(out / f"{stem}.tex", table_to_latex(table, label=f"tab:{stem}")),
-            "csv": _atomic_write(out / f"{stem}.csv", _table_to_csv(table))}
+    return {"md": write_bytes_atomic(out / f"{stem}.md", table_to_markdown(table)),
+            "tex": write_bytes_atomic(out / f"{stem}.tex", table_to_latex(table, label=f"tab:{stem}")),
+            "csv": write_bytes_atomic(out / f"{stem}.csv", _table_to_csv(table))}
 
 
 # ------------------------------------------------------------------------------------------------- figures
@@ -773,7 +768,7 @@ def _save(fig, path: os.PathLike | str) -> Path:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    return _atomic_write(Path(path), buf.getvalue())
+    return write_bytes_atomic(Path(path), buf.getvalue())
 
 
 def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
@@ -1089,7 +1084,7 @@ def build_suite_report(*, suite: str, metrics_files: Iterable[os.PathLike | str]
 
     long = df.drop(columns=["source"]).sort_values(["group", "arch", "method", "lambda_grad", "seed", "score",
                                                     "ood_set"], kind="stable")
-    written["results_long.csv"] = _atomic_write(out / "results_long.csv", long.to_csv(index=False,
+    written["results_long.csv"] = write_bytes_atomic(out / "results_long.csv", long.to_csv(index=False,
                                                                                       lineterminator="\n"))
     has_main = (df["group"] == "main").any()
     if has_main:
@@ -1169,7 +1164,7 @@ def build_suite_report(*, suite: str, metrics_files: Iterable[os.PathLike | str]
         key = f"figures/certify_{f.stem}.png"
         written[key] = plot_certify(g, r, out / key, title=f"{f.stem}: input-gradient norms and radii")
 
-    written["summary.md"] = _atomic_write(out / "summary.md", _summary(suite, df, primary, conv, written, notes, out))
+    written["summary.md"] = write_bytes_atomic(out / "summary.md", _summary(suite, df, primary, conv, written, notes, out))
     _cleanup_stale(out, written)
     return written
 
@@ -1222,4 +1217,4 @@ def _cleanup_stale(out: Path, written: Mapping[str, Path]) -> None:
         if p.is_file() and ".." not in Path(r).parts:
             p.unlink()
     remove_stale_temps(out, recursive=True)  # temporaries of a killed earlier run
-    _atomic_write(mf, json.dumps(rel, indent=1) + "\n")
+    write_bytes_atomic(mf, json.dumps(rel, indent=1) + "\n")

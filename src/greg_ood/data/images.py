@@ -14,6 +14,8 @@ from typing import Iterator, Optional
 import numpy as np
 from PIL import Image
 
+from ..io import remove_stale_dirs
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -138,8 +140,6 @@ def list_archive_images(path: Path) -> list[str]:
 def extract_archive(path: Path, dest: Path) -> Path:
     """Unpack ``path`` into ``dest`` atomically (a temporary sibling folder renamed at the end); members that would
     land outside ``dest`` (absolute paths, ``..``, links out) are refused. An existing ``dest`` is kept as is."""
-    from ..io import remove_stale_dirs
-
     dest = Path(dest)
     if dest.is_dir():
         return dest

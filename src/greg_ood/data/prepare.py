@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from ..io import remove_stale_dirs
 from .download import fetch, file_digest
 from .sources import DATASETS, DatasetSpec, Source, resolve_options, DOWNLOAD_OPTIONS
 
@@ -182,21 +183,18 @@ def overlap_guard(aux, others: dict) -> dict[str, int]:
 
 
 def _overlap_files(aux, others: dict) -> dict[str, int]:
-    def file_hash(p: Path) -> str:
-        return sha256_file(p)
-
     def paths(s) -> list[Path]:
         return s.paths if isinstance(s, FileListSplit) else []
 
     other_paths = {k: paths(v) for k, v in others.items()}
     sizes = {os.path.getsize(p) for ps in other_paths.values() for p in ps}
-    aux_hashes = {file_hash(p) for p in paths(aux) if os.path.getsize(p) in sizes}
+    aux_hashes = {sha256_file(p) for p in paths(aux) if os.path.getsize(p) in sizes}
     out = {}
     for k, ps in other_paths.items():
         if not isinstance(others[k], FileListSplit) or not isinstance(aux, FileListSplit):
             out[k] = 0
             continue
-        out[k] = int(sum(file_hash(p) in aux_hashes for p in ps))
+        out[k] = int(sum(sha256_file(p) in aux_hashes for p in ps))
     return out
 
 
@@ -385,8 +383,6 @@ def prepare(name: str, *, data_dir: Union[str, Path], options: Optional[dict] = 
                 return man
         except PreparedDataError as e:
             log.warning("%s: prepared copy not reusable (%s); preparing again", name, str(e).splitlines()[0])
-    from ..io import remove_stale_dirs
-
     # build folders of killed earlier runs (never taken for a prepared copy, but they can be large)
     remove_stale_dirs(out.parent, rf"\.{re.escape(name)}\.(?:tmp|old)(?P<pid>\d+)")
     tmp = out.with_name(f".{name}.tmp{os.getpid()}")

@@ -7,10 +7,13 @@ A :class:`Source` whose ``checksum_confirmed`` is False carries a value nobody h
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-FMNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist (located via dpkg -L)
+#: where to look for Fashion-MNIST's gzip files when ``dpkg -L dataset-fashion-mnist`` finds nothing: the Debian
+#: package's install folder unless ``GREG_OOD_FASHION_MNIST_DIR`` names another (e.g. a copy on a non-Debian host)
+FMNIST_DIR = os.environ.get("GREG_OOD_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 
 
 @dataclass(frozen=True)
