@@ -1,5 +1,5 @@
 """Training losses: cross-entropy, the energy margin loss L_S, outlier exposure, DOS's absent class, and the GReg
-gradient penalty L_∇S (method.md §2). Weights (λ) are applied by the caller (:mod:`greg_ood.methods`).
+gradient penalty L_∇S (docs/method.md §2). Weights (λ) are applied by the caller (:mod:`greg_ood.methods`).
 
 Every function takes tensors of one forward pass; none runs a model. Bad input raises ``ValueError`` naming the
 argument. Checks that would need a device-to-host synchronisation (NaN, empty groups) can be switched off with
@@ -57,7 +57,7 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def energy_margin_loss(energy_id: torch.Tensor, energy_aux: torch.Tensor, m_in: float, m_out: float, *,
                        check: bool = True) -> torch.Tensor:
-    """Energy margin loss L_S (Liu et al., NeurIPS 2020; GReg paper Eq. for L_S; method.md §2.1):
+    """Energy margin loss L_S (Liu et al., NeurIPS 2020; the GReg paper's L_S; docs/method.md §2.1):
 
         L_S = mean_{i in ID}  relu(E_i - m_in)^2  +  mean_{j in AUX} relu(m_out - E_j)^2
 
@@ -129,7 +129,8 @@ def gradient_penalty(inputs: torch.Tensor, energy: torch.Tensor, is_id: torch.Te
                      channel_std: Optional[Union[Sequence[float], torch.Tensor]] = None,
                      rows: Optional[torch.Tensor] = None, create_graph: bool = True, return_stats: bool = False,
                      check: bool = True):
-    """GReg gradient penalty L_∇S on the input gradient of the energy, from **one** forward pass (method.md §2.2-2.5).
+    """GReg gradient penalty L_∇S on the input gradient of the energy, from **one** forward pass
+    (docs/method.md §2.2-2.5).
 
     ``inputs``: the (normalised) batch ``x = cat(x_id, x_aux)`` with ``requires_grad=True`` whose forward produced
     ``energy`` (``E = -logsumexp(f(x))``, shape [N]); ``is_id``: bool mask [N] (True = ID row, False = auxiliary).
@@ -147,7 +148,7 @@ def gradient_penalty(inputs: torch.Tensor, energy: torch.Tensor, is_id: torch.Te
         penalty = (1/n_in) sum_ID a_i ||grad_{x_i} E_i||_2 + (1/n_out) sum_AUX a_j ||grad_{x_j} E_j||_2
     computed as G = grad_x sum_i a_i E_i (exact per-sample gradients need BatchNorm without batch coupling, e.g. eval
     mode). With per-sample gradients penalty_official = penalty_per_sample / N, hence **λ_per_sample = λ_official / N**
-    (e.g. N = 192 for GReg+ at B = 64 two-way: λ_ps ≈ 0.0052 for λ_off = 1; method.md §2.4).
+    (e.g. N = 192 for GReg+ at B = 64 two-way: λ_ps ≈ 0.0052 for λ_off = 1; docs/method.md §2.4).
 
     ``grad_space="pixel"`` reports/penalises the gradient w.r.t. the [0, 1] pixel input: channel c of G is divided by
     ``channel_std[c]`` (x_norm = (x_pix - mean) / std). ``rows`` (optional bool mask [N]) restricts the penalty to a

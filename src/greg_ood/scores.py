@@ -3,7 +3,7 @@
 Two conventions, stated once:
 
 * :func:`energy` returns the **energy** ``E(x) = -T * logsumexp(f(x) / T)``: *low* = in-distribution. It is the
-  quantity the losses, the gradient penalty and the sampler use (method.md §1).
+  quantity the losses, the gradient penalty and the sampler use (docs/method.md §1).
 * Every **detection score** below returns "*higher = more in-distribution*" (ID is the positive class of the
   metrics). The energy detector therefore scores ``-E`` (:func:`energy_score`).
 
@@ -44,7 +44,7 @@ def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Energy ``E(x) = -T * logsumexp(f(x) / T)`` over **all** outputs, shape ``[N]``; low = in-distribution.
 
     Source: Liu et al., "Energy-based Out-of-distribution Detection", NeurIPS 2020 (Eq. 1 with the free energy of the
-    softmax); the GReg paper's S_En (method.md §1). T = 1 everywhere in the paper and official code.
+    softmax); the GReg paper's S_En (docs/method.md §1). T = 1 everywhere in the paper and official code.
     """
     logits = _logits_2d(logits)
     if not temperature > 0:

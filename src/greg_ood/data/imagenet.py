@@ -1,7 +1,7 @@
 """ImageNet benchmark: the user's local ILSVRC2012 copy -> file lists (never downloaded, never redistributed), and
 the ImageNet OOD sets (MOS iNaturalist/SUN/Places, DTD) as seeded 1000-image file lists.
 
-ID classes (data.md §3): sort the 1000 wnids; ``perm = RandomState(1993).permutation(1000)``; the wnid at sorted
+ID classes (the official code's rule): sort the 1000 wnids; ``perm = RandomState(1993).permutation(1000)``; the wnid at sorted
 position v gets index ``perm[v]``; the K classes with index < K are ID with that index as label. The aux pool is the
 training images of every other class.
 """

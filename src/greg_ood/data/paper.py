@@ -1,4 +1,4 @@
-"""Converters for the CIFAR benchmark: CIFAR-10/100, TI-300K, and the OOD test sets at 32×32 (data.md §2)."""
+"""Converters for the CIFAR benchmark: CIFAR-10/100, TI-300K, and the OOD test sets at 32×32."""
 from __future__ import annotations
 
 import logging

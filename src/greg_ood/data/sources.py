@@ -1,7 +1,7 @@
 """The dataset registry: where every file comes from (URLs in order of preference, checksum, size), what each dataset
 is (role, benchmark, splits) and which preparation options it accepts.
 
-Checksums are those published by the loaders named in ``brief/data.md`` (torchvision, pytorch-ood, detectors).
+Checksums are those published by the dataset loaders of torchvision, pytorch-ood and detectors.
 A :class:`Source` whose ``checksum_confirmed`` is False carries a value nobody has confirmed against the real file
 (Places365 ``test_256.tar``): a mismatch there is reported as a warning and the measured checksum is recorded.
 """
