@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from .images import extract_archive, list_image_files
-from .prepare import BuildContext, builder
+from .build import BuildContext
 
 log = logging.getLogger("greg_ood.data")
 
@@ -150,7 +150,6 @@ def _warn_empty(ctx: BuildContext, empty: list) -> None:
     ctx.manifest["empty_files_skipped"] = empty
 
 
-@builder("imagenet")
 def build_imagenet(ctx: BuildContext) -> None:
     o = ctx.options
     k = int(o["num_classes"])
@@ -198,7 +197,6 @@ def build_imagenet(ctx: BuildContext) -> None:
     ctx.manifest["class_rule"] = f"RandomState({PERMUTATION_SEED}).permutation(1000) over sorted wnids; index < {k}"
 
 
-@builder("mos")
 def build_mos(ctx: BuildContext) -> None:
     """An ImageNet OOD set: unpack the archive once under raw/, pick ``count`` images with ``seed``."""
     (src,) = ctx.spec.sources

@@ -58,7 +58,7 @@ class DatasetSpec:
     role: str  # "id" | "aux" | "ood" | "id+aux"
     benchmark: str  # "mini" | "cifar" | "imagenet"
     splits: tuple[str, ...]
-    builder: str  # key of greg_ood.data.prepare.BUILDERS
+    builder: str  # key of greg_ood.data.registry.BUILDERS
     sources: tuple[Source, ...] = ()
     kind: str = "array"  # "array": <split>.images.npy + labels; "files": <split>.files.json
     #: option name -> default value (unknown option keys are an error naming these)
