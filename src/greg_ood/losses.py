@@ -13,6 +13,8 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from .scores import channel_view
+
 __all__ = ["cross_entropy", "energy_margin_loss", "outlier_exposure_loss", "absent_class_loss", "gradient_penalty",
            "PenaltyStats", "REDUCTIONS", "GRAD_SPACES"]
 
@@ -113,17 +115,6 @@ class PenaltyStats:
         return {"active_frac": self.active_frac, "gradnorm_id": self.gradnorm_id, "gradnorm_aux": self.gradnorm_aux}
 
 
-def _channel_view(channel_std, x: torch.Tensor) -> torch.Tensor:
-    if channel_std is None:
-        raise ValueError("channel_std: grad_space='pixel' needs the per-channel std of the input normalisation")
-    s = torch.as_tensor(channel_std, dtype=x.dtype, device=x.device).flatten()
-    if x.dim() < 2 or s.numel() not in (1, x.shape[1]):
-        raise ValueError(f"channel_std: needs 1 or {x.shape[1] if x.dim() > 1 else '?'} values, got {s.numel()}")
-    if not bool((s > 0).all()):
-        raise ValueError("channel_std: every standard deviation must be > 0")
-    return s.view(1, -1, *([1] * (x.dim() - 2))) if s.numel() > 1 else s.reshape(*([1] * x.dim()))
-
-
 def gradient_penalty(inputs: torch.Tensor, energy: torch.Tensor, is_id: torch.Tensor, m_in: float, m_out: float,
                      reduction: str = "official", *, grad_space: str = "normalized",
                      channel_std: Optional[Union[Sequence[float], torch.Tensor]] = None,
@@ -210,7 +201,9 @@ def gradient_penalty(inputs: torch.Tensor, energy: torch.Tensor, is_id: torch.Te
     coef = (active * w).detach()
     (G,) = torch.autograd.grad((coef * energy).sum(), inputs, create_graph=create_graph)
     if grad_space == "pixel":
-        G = G / _channel_view(channel_std, G)
+        if channel_std is None:
+            raise ValueError("channel_std: grad_space='pixel' needs the per-channel std of the input normalisation")
+        G = G / channel_view(channel_std, G)
     norms = torch.linalg.vector_norm(G.reshape(N, -1), ord=2, dim=1)
     if reduction == "official":
         n_rows = (id_f + aux_f).sum()

@@ -93,7 +93,10 @@ def logit_score(name: str, logits: torch.Tensor) -> torch.Tensor:
     return LOGIT_SCORES[name](logits)
 
 
-def _channel_view(channel_std, x: torch.Tensor, name: str = "channel_std") -> Optional[torch.Tensor]:
+def channel_view(channel_std, x: torch.Tensor, name: str = "channel_std") -> Optional[torch.Tensor]:
+    """Per-channel std of the input normalisation shaped to broadcast against ``x`` [N, C, ...] (``None`` stays
+    ``None``). With x_norm = (x_pix - mean) / std, dividing by it turns a gradient w.r.t. the normalised input into
+    one w.r.t. the [0, 1] pixel input, and a step in pixel units into normalised units (docs/method.md §2.5, §6)."""
     if channel_std is None:
         return None
     s = torch.as_tensor(channel_std, dtype=x.dtype, device=x.device).flatten()
@@ -131,7 +134,7 @@ def odin(model: torch.nn.Module, x: torch.Tensor, temperature: float = 1000.0, e
     K = num_classes if num_classes is not None else getattr(model, "num_classes", None)
     with torch.inference_mode(False), torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
-        std = _channel_view(channel_std, xg)
+        std = channel_view(channel_std, xg)
         logits = model(xg)
         logits = logits[:, :K] if K is not None else logits
         pred = logits.argmax(dim=1)
