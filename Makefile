@@ -47,7 +47,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q tests -m "not slow"
 
 bench: setup
-	$(BIN)/python -m greg_ood.bench --out reports/bench
+	$(BIN)/python -m greg_ood.cli.bench --out reports/bench
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(abspath mlflow.db)

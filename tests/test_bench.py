@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from greg_ood import bench
+from greg_ood.cli import bench
 
 
 def test_bench_smoke_runs_and_writes_reports(tmp_path):

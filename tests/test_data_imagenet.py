@@ -12,7 +12,7 @@ from greg_ood.data import imagenet as IN
 from greg_ood.data.datasets import decode_test, random_resized_crop_box
 from greg_ood.data.images import center_crop, resize_shorter
 
-# brief/data.md §4, typed out: entry i is the wnid with label i
+# the official code's 100-class list (imagenetIdClassAndIndex100.pth), typed out: entry i is the wnid with label i
 DOCUMENTED_100 = """
 n02396427 n04141975 n02834397 n02111277 n03534580 n01877812 n02837789 n01443537 n02114367 n03857828
 n02397096 n01514668 n03888257 n04579145 n01742172 n02165456 n03840681 n04019541 n03873416 n04208210

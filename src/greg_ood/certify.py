@@ -1,4 +1,5 @@
-"""Input-gradient norms of the energy and first-order robustness radii (the paper's Lipschitz argument, method.md §2.6).
+"""Input-gradient norms of the energy and first-order robustness radii (the paper's Lipschitz argument,
+docs/method.md §2.6).
 
 Paper statement (as paraphrased by secondary sources): if the score S is L-Lipschitz on an eps-ball around x and x is
 detected ID (S(x) < γ), the decision is constant on radius ``min(eps, (γ - S(x)) / L)``; likewise for OOD points with
@@ -75,7 +76,7 @@ def threshold_at_tpr(energy_id, tpr: float = 0.95) -> float:
 
 
 def certified_radius(energy, grad_norm, gamma: float, eps: Optional[float] = None) -> torch.Tensor:
-    """First-order radius of the detection decision at threshold γ (method.md §2.6), per sample:
+    """First-order radius of the detection decision at threshold γ (docs/method.md §2.6), per sample:
 
         detected ID  (E <= γ):  min(eps, (γ - E) / ||∇E||)
         detected OOD (E >  γ):  min(eps, (E - γ) / ||∇E||)

@@ -1,5 +1,5 @@
 """Training losses: cross-entropy, the energy margin loss L_S, outlier exposure, DOS's absent class, and the GReg
-gradient penalty L_∇S (method.md §2). Weights (λ) are applied by the caller (:mod:`greg_ood.methods`).
+gradient penalty L_∇S (docs/method.md §2). Weights (λ) are applied by the caller (:mod:`greg_ood.methods`).
 
 Every function takes tensors of one forward pass; none runs a model. Bad input raises ``ValueError`` naming the
 argument. Checks that would need a device-to-host synchronisation (NaN, empty groups) can be switched off with
@@ -12,6 +12,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+
+from .scores import channel_view
 
 __all__ = ["cross_entropy", "energy_margin_loss", "outlier_exposure_loss", "absent_class_loss", "gradient_penalty",
            "PenaltyStats", "REDUCTIONS", "GRAD_SPACES"]
@@ -57,7 +59,7 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def energy_margin_loss(energy_id: torch.Tensor, energy_aux: torch.Tensor, m_in: float, m_out: float, *,
                        check: bool = True) -> torch.Tensor:
-    """Energy margin loss L_S (Liu et al., NeurIPS 2020; GReg paper Eq. for L_S; method.md §2.1):
+    """Energy margin loss L_S (Liu et al., NeurIPS 2020; the GReg paper's L_S; docs/method.md §2.1):
 
         L_S = mean_{i in ID}  relu(E_i - m_in)^2  +  mean_{j in AUX} relu(m_out - E_j)^2
 
@@ -113,23 +115,13 @@ class PenaltyStats:
         return {"active_frac": self.active_frac, "gradnorm_id": self.gradnorm_id, "gradnorm_aux": self.gradnorm_aux}
 
 
-def _channel_view(channel_std, x: torch.Tensor) -> torch.Tensor:
-    if channel_std is None:
-        raise ValueError("channel_std: grad_space='pixel' needs the per-channel std of the input normalisation")
-    s = torch.as_tensor(channel_std, dtype=x.dtype, device=x.device).flatten()
-    if x.dim() < 2 or s.numel() not in (1, x.shape[1]):
-        raise ValueError(f"channel_std: needs 1 or {x.shape[1] if x.dim() > 1 else '?'} values, got {s.numel()}")
-    if not bool((s > 0).all()):
-        raise ValueError("channel_std: every standard deviation must be > 0")
-    return s.view(1, -1, *([1] * (x.dim() - 2))) if s.numel() > 1 else s.reshape(*([1] * x.dim()))
-
-
 def gradient_penalty(inputs: torch.Tensor, energy: torch.Tensor, is_id: torch.Tensor, m_in: float, m_out: float,
                      reduction: str = "official", *, grad_space: str = "normalized",
                      channel_std: Optional[Union[Sequence[float], torch.Tensor]] = None,
                      rows: Optional[torch.Tensor] = None, create_graph: bool = True, return_stats: bool = False,
                      check: bool = True):
-    """GReg gradient penalty L_∇S on the input gradient of the energy, from **one** forward pass (method.md §2.2-2.5).
+    """GReg gradient penalty L_∇S on the input gradient of the energy, from **one** forward pass
+    (docs/method.md §2.2-2.5).
 
     ``inputs``: the (normalised) batch ``x = cat(x_id, x_aux)`` with ``requires_grad=True`` whose forward produced
     ``energy`` (``E = -logsumexp(f(x))``, shape [N]); ``is_id``: bool mask [N] (True = ID row, False = auxiliary).
@@ -147,7 +139,7 @@ def gradient_penalty(inputs: torch.Tensor, energy: torch.Tensor, is_id: torch.Te
         penalty = (1/n_in) sum_ID a_i ||grad_{x_i} E_i||_2 + (1/n_out) sum_AUX a_j ||grad_{x_j} E_j||_2
     computed as G = grad_x sum_i a_i E_i (exact per-sample gradients need BatchNorm without batch coupling, e.g. eval
     mode). With per-sample gradients penalty_official = penalty_per_sample / N, hence **λ_per_sample = λ_official / N**
-    (e.g. N = 192 for GReg+ at B = 64 two-way: λ_ps ≈ 0.0052 for λ_off = 1; method.md §2.4).
+    (e.g. N = 192 for GReg+ at B = 64 two-way: λ_ps ≈ 0.0052 for λ_off = 1; docs/method.md §2.4).
 
     ``grad_space="pixel"`` reports/penalises the gradient w.r.t. the [0, 1] pixel input: channel c of G is divided by
     ``channel_std[c]`` (x_norm = (x_pix - mean) / std). ``rows`` (optional bool mask [N]) restricts the penalty to a
@@ -209,7 +201,9 @@ def gradient_penalty(inputs: torch.Tensor, energy: torch.Tensor, is_id: torch.Te
     coef = (active * w).detach()
     (G,) = torch.autograd.grad((coef * energy).sum(), inputs, create_graph=create_graph)
     if grad_space == "pixel":
-        G = G / _channel_view(channel_std, G)
+        if channel_std is None:
+            raise ValueError("channel_std: grad_space='pixel' needs the per-channel std of the input normalisation")
+        G = G / channel_view(channel_std, G)
     norms = torch.linalg.vector_norm(G.reshape(N, -1), ord=2, dim=1)
     if reduction == "official":
         n_rows = (id_f + aux_f).sum()

@@ -1,4 +1,4 @@
-"""OOD detection metrics (method.md §7) and aggregation over OOD sets and seeds.
+"""OOD detection metrics (docs/method.md §7) and aggregation over OOD sets and seeds.
 
 Scores are "higher = more in-distribution" throughout. Values are fractions in [0, 1] (tables print percent).
 Curves are computed here in NumPy (:func:`_roc`; the same definitions as scikit-learn's ``roc_curve``,

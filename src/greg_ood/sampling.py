@@ -1,4 +1,4 @@
-"""Auxiliary-outlier selection: GReg+'s energy-based cluster sampling (method.md §3), random selection, and a
+"""Auxiliary-outlier selection: GReg+'s energy-based cluster sampling (docs/method.md §3), random selection, and a
 device-resident batched k-means that replaces the official code's per-step host round trip to scikit-learn.
 
 All randomness comes from an explicit ``torch.Generator`` (seeded by the caller from the run seed and the step),
@@ -155,7 +155,7 @@ def kmeans(x: torch.Tensor, k: int, *, n_init: int = 3, max_iter: int = 300, tol
 
 # ---------------------------------------------------------------------------------------------- feature normalisation
 def normalize_features(features: torch.Tensor, normalization: str = "norm") -> torch.Tensor:
-    """Representation used for clustering (GReg ``--repr``, method.md §3.2 step 5), computed on the whole batch:
+    """Representation used for clustering (GReg ``--repr``, docs/method.md §3.2 step 5), computed on the whole batch:
 
     * ``norm``: per-sample L2 normalisation ``h_i / ||h_i||`` (the paper's h_N; default);
     * ``normBatch``: ``h_i / mean_j ||h_j||`` (one scalar for the batch);
@@ -201,8 +201,9 @@ def energy_cluster_select(energy: torch.Tensor, features: torch.Tensor, n_cluste
                           normalization: str = "norm", n_init: int = 3, generator: Optional[torch.Generator] = None,
                           return_roles: bool = False, **kmeans_kw):
     """GReg+ energy-based cluster sampling of one candidate batch (paper Algorithm 1; official
-    ``clusterAndChooseSamples``, method.md §3.2). ``energy``: score per candidate, low = ID-like (E; or the absent-class
-    probability for DOS); ``features``: penultimate features [C, d]. Returns indices into the candidate batch.
+    ``clusterAndChooseSamples``, docs/method.md §3.2). ``energy``: score per candidate, low = ID-like (E; or the
+    absent-class probability for DOS); ``features``: penultimate features [C, d]. Returns indices into the candidate
+    batch.
 
     1. Sort candidates by score, ascending; keep ranks ``[start:stop]`` (the "proximal" set; GReg+: all, DOS: 16:).
     2. Represent them by ``normalize_features(features, normalization)`` (computed over the whole candidate batch).

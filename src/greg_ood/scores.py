@@ -3,7 +3,7 @@
 Two conventions, stated once:
 
 * :func:`energy` returns the **energy** ``E(x) = -T * logsumexp(f(x) / T)``: *low* = in-distribution. It is the
-  quantity the losses, the gradient penalty and the sampler use (method.md §1).
+  quantity the losses, the gradient penalty and the sampler use (docs/method.md §1).
 * Every **detection score** below returns "*higher = more in-distribution*" (ID is the positive class of the
   metrics). The energy detector therefore scores ``-E`` (:func:`energy_score`).
 
@@ -44,7 +44,7 @@ def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Energy ``E(x) = -T * logsumexp(f(x) / T)`` over **all** outputs, shape ``[N]``; low = in-distribution.
 
     Source: Liu et al., "Energy-based Out-of-distribution Detection", NeurIPS 2020 (Eq. 1 with the free energy of the
-    softmax); the GReg paper's S_En (method.md §1). T = 1 everywhere in the paper and official code.
+    softmax); the GReg paper's S_En (docs/method.md §1). T = 1 everywhere in the paper and official code.
     """
     logits = _logits_2d(logits)
     if not temperature > 0:
@@ -93,7 +93,10 @@ def logit_score(name: str, logits: torch.Tensor) -> torch.Tensor:
     return LOGIT_SCORES[name](logits)
 
 
-def _channel_view(channel_std, x: torch.Tensor, name: str = "channel_std") -> Optional[torch.Tensor]:
+def channel_view(channel_std, x: torch.Tensor, name: str = "channel_std") -> Optional[torch.Tensor]:
+    """Per-channel std of the input normalisation shaped to broadcast against ``x`` [N, C, ...] (``None`` stays
+    ``None``). With x_norm = (x_pix - mean) / std, dividing by it turns a gradient w.r.t. the normalised input into
+    one w.r.t. the [0, 1] pixel input, and a step in pixel units into normalised units (docs/method.md §2.5, §6)."""
     if channel_std is None:
         return None
     s = torch.as_tensor(channel_std, dtype=x.dtype, device=x.device).flatten()
@@ -131,7 +134,7 @@ def odin(model: torch.nn.Module, x: torch.Tensor, temperature: float = 1000.0, e
     K = num_classes if num_classes is not None else getattr(model, "num_classes", None)
     with torch.inference_mode(False), torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
-        std = _channel_view(channel_std, xg)
+        std = channel_view(channel_std, xg)
         logits = model(xg)
         logits = logits[:, :K] if K is not None else logits
         pred = logits.argmax(dim=1)

@@ -11,8 +11,9 @@ from .augment import derive_seed, normalize, random_crop_flip
 from .datasets import (DeviceArraySource, FileImages, FileListSource, iter_eval, random_resized_crop_box,
                        train_source)
 from .download import DownloadError, ManualDownloadRequired, fetch, file_digest, verify_file
-from .prepare import (ArraySplit, FileListSplit, PreparedDataError, channel_stats, load_split, overlap_guard,
-                      prepare, read_manifest, subset)
+from .build import channel_stats
+from .prepare import (ArraySplit, FileListSplit, PreparedDataError, load_split, overlap_guard, prepare, read_manifest,
+                      subset)
 from .sources import DATASETS, DatasetSpec, Source, option_defaults, resolve_options
 
 __all__ = [

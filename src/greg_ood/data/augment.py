@@ -23,10 +23,6 @@ def generator(*parts) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*parts))
 
 
-def to_nchw(x_nhwc: torch.Tensor) -> torch.Tensor:
-    return x_nhwc.permute(0, 3, 1, 2).contiguous()
-
-
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 N×C×H×W (0..255) -> float32 ``(x/255 - mean) / std`` per channel. Float input is taken as already
     scaled to [0, 1]. ``mean``/``std`` of length 1 apply to every channel."""

@@ -1,7 +1,7 @@
 """ImageNet benchmark: the user's local ILSVRC2012 copy -> file lists (never downloaded, never redistributed), and
 the ImageNet OOD sets (MOS iNaturalist/SUN/Places, DTD) as seeded 1000-image file lists.
 
-ID classes (data.md §3): sort the 1000 wnids; ``perm = RandomState(1993).permutation(1000)``; the wnid at sorted
+ID classes (the official code's rule): sort the 1000 wnids; ``perm = RandomState(1993).permutation(1000)``; the wnid at sorted
 position v gets index ``perm[v]``; the K classes with index < K are ID with that index as label. The aux pool is the
 training images of every other class.
 """
@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from .images import extract_archive, list_image_files
-from .prepare import BuildContext, builder
+from .build import BuildContext
 
 log = logging.getLogger("greg_ood.data")
 
@@ -150,7 +150,6 @@ def _warn_empty(ctx: BuildContext, empty: list) -> None:
     ctx.manifest["empty_files_skipped"] = empty
 
 
-@builder("imagenet")
 def build_imagenet(ctx: BuildContext) -> None:
     o = ctx.options
     k = int(o["num_classes"])
@@ -198,7 +197,6 @@ def build_imagenet(ctx: BuildContext) -> None:
     ctx.manifest["class_rule"] = f"RandomState({PERMUTATION_SEED}).permutation(1000) over sorted wnids; index < {k}"
 
 
-@builder("mos")
 def build_mos(ctx: BuildContext) -> None:
     """An ImageNet OOD set: unpack the archive once under raw/, pick ``count`` images with ``seed``."""
     (src,) = ctx.spec.sources

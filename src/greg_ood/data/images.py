@@ -1,5 +1,5 @@
-"""PIL-level image helpers shared by the converters: decoding from bytes, the test-time transforms of data.md §2
-(resize of the shorter side, centre crop), archive member listing and safe extraction."""
+"""PIL-level image helpers shared by the converters: decoding from bytes, the test-time transforms of the CIFAR OOD
+sets (resize of the shorter side, centre crop), archive member listing and safe extraction."""
 from __future__ import annotations
 
 import io

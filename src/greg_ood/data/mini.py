@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from .prepare import BuildContext, builder
+from .build import BuildContext
 from .sources import FASHION_MNIST_CLASSES
 
 SIZE = 28
@@ -80,7 +80,6 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
-@builder("fashion_mnist")
 def build_fashion_mnist(ctx: BuildContext) -> None:
     for split, prefix in (("train", "train"), ("test", "t10k")):
         x = read_idx(ctx.fetch(f"{prefix}-images-idx3-ubyte.gz"))
@@ -140,12 +139,10 @@ def _crop_set(ctx: BuildContext, split: str, files: Sequence[str]) -> None:
     ctx.write_split(split, imgs, None, (), crops_per_source={f: int((src == i).sum()) for i, f in enumerate(files)})
 
 
-@builder("skimage_crops")
 def build_skimage_crops(ctx: BuildContext) -> None:
     _crop_set(ctx, "train", AUX_PHOTOS)
 
 
-@builder("textures")
 def build_textures(ctx: BuildContext) -> None:
     _crop_set(ctx, "test", TEXTURE_PHOTOS)
 
@@ -155,7 +152,6 @@ def _resize_stack(images: np.ndarray, size: int = SIZE) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BILINEAR)) for a in images])[..., None]
 
 
-@builder("digits")
 def build_digits(ctx: BuildContext) -> None:
     from sklearn.datasets import load_digits
 
@@ -165,7 +161,6 @@ def build_digits(ctx: BuildContext) -> None:
     ctx.write_split("test", _resize_stack(small), np.asarray(d.target, dtype=np.int64), [str(i) for i in range(10)])
 
 
-@builder("faces")
 def build_faces(ctx: BuildContext) -> None:
     a = np.load(bundled_file(FACES_FILE))  # 200×25×25 in [0, 1]: 100 faces, then 100 non-faces
     faces = np.clip(np.rint(a[:100] * 255.0), 0, 255).astype(np.uint8)
@@ -173,7 +168,6 @@ def build_faces(ctx: BuildContext) -> None:
     ctx.write_split("test", _resize_stack(faces), None, (), note="the 100 face images (rows 0-99) only")
 
 
-@builder("gaussian_noise")
 def build_gaussian_noise(ctx: BuildContext) -> None:
     o = ctx.options
     x = np.random.RandomState(int(o["seed"])).normal(float(o["mean"]), float(o["std"]),
@@ -181,7 +175,6 @@ def build_gaussian_noise(ctx: BuildContext) -> None:
     ctx.write_split("test", np.clip(np.rint(x), 0, 255).astype(np.uint8))
 
 
-@builder("uniform_noise")
 def build_uniform_noise(ctx: BuildContext) -> None:
     o = ctx.options
     x = np.random.RandomState(int(o["seed"])).randint(0, 256, size=(int(o["count"]), SIZE, SIZE, 1))

@@ -1,4 +1,4 @@
-"""Converters for the CIFAR benchmark: CIFAR-10/100, TI-300K, and the OOD test sets at 32×32 (data.md §2)."""
+"""Converters for the CIFAR benchmark: CIFAR-10/100, TI-300K, and the OOD test sets at 32×32."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .images import iter_archive_images, list_archive_images, open_image, transform_32
-from .prepare import BuildContext, builder
+from .build import BuildContext
 
 log = logging.getLogger("greg_ood.data")
 
@@ -69,7 +69,6 @@ def _check_members(ctx: BuildContext, filename: str, members: dict[str, bytes]) 
             raise ValueError(f"{filename}: member {k} has md5 {got}, expected {want}")
 
 
-@builder("cifar10")
 def build_cifar10(ctx: BuildContext) -> None:
     fn = "cifar-10-python.tar.gz"
     path = ctx.fetch(fn)
@@ -84,7 +83,6 @@ def build_cifar10(ctx: BuildContext) -> None:
     ctx.write_split("test", _planar_to_hwc(te["data"]), np.asarray(te["labels"]), classes)
 
 
-@builder("cifar100")
 def build_cifar100(ctx: BuildContext) -> None:
     fn = "cifar-100-python.tar.gz"
     path = ctx.fetch(fn)
@@ -98,7 +96,6 @@ def build_cifar100(ctx: BuildContext) -> None:
                         coarse_label_names=list(meta.get("coarse_label_names", [])))
 
 
-@builder("tinyimages300k")
 def build_ti300k(ctx: BuildContext) -> None:
     path = ctx.fetch("300K_random_images.npy")
     a = np.load(path, mmap_mode="r")
@@ -120,7 +117,6 @@ def build_ti300k(ctx: BuildContext) -> None:
         raise ValueError(f"{path}: expected uint8 N×32×32×3, got {a.dtype} {a.shape}")
 
 
-@builder("svhn")
 def build_svhn(ctx: BuildContext) -> None:
     import scipy.io
 
@@ -180,22 +176,18 @@ def _folder_set(ctx: BuildContext, filename: str, rule: str) -> None:
                     folders=sorted({n.rsplit("/", 1)[0] for n in names if "/" in n}))
 
 
-@builder("lsun_crop")
 def build_lsun_crop(ctx: BuildContext) -> None:
     _folder_set(ctx, "LSUN.tar.gz", "crop")
 
 
-@builder("lsun_resize")
 def build_lsun_resize(ctx: BuildContext) -> None:
     _folder_set(ctx, "LSUN_resize.tar.gz", "none")
 
 
-@builder("isun")
 def build_isun(ctx: BuildContext) -> None:
     _folder_set(ctx, "iSUN.tar.gz", "none")
 
 
-@builder("dtd")
 def build_dtd(ctx: BuildContext) -> None:
     path = ctx.fetch("dtd-r1.0.1.tar.gz")
     names, images, fb = _convert_archive(ctx, path, "resize_crop", prefix="dtd/images/")
@@ -204,7 +196,6 @@ def build_dtd(ctx: BuildContext) -> None:
     ctx.write_split("test", images, labels, classes, rule="resize_crop")
 
 
-@builder("places365")
 def build_places365(ctx: BuildContext) -> None:
     src = ctx.options["places_source"]
     if src not in ("val_256", "test_256"):

@@ -1,7 +1,7 @@
 """The dataset registry: where every file comes from (URLs in order of preference, checksum, size), what each dataset
 is (role, benchmark, splits) and which preparation options it accepts.
 
-Checksums are those published by the loaders named in ``brief/data.md`` (torchvision, pytorch-ood, detectors).
+Checksums are those published by the dataset loaders of torchvision, pytorch-ood and detectors.
 A :class:`Source` whose ``checksum_confirmed`` is False carries a value nobody has confirmed against the real file
 (Places365 ``test_256.tar``): a mismatch there is reported as a warning and the measured checksum is recorded.
 """
@@ -58,7 +58,7 @@ class DatasetSpec:
     role: str  # "id" | "aux" | "ood" | "id+aux"
     benchmark: str  # "mini" | "cifar" | "imagenet"
     splits: tuple[str, ...]
-    builder: str  # key of greg_ood.data.prepare.BUILDERS
+    builder: str  # key of greg_ood.data.registry.BUILDERS
     sources: tuple[Source, ...] = ()
     kind: str = "array"  # "array": <split>.images.npy + labels; "files": <split>.files.json
     #: option name -> default value (unknown option keys are an error naming these)

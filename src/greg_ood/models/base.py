@@ -29,10 +29,6 @@ class OODNet(nn.Module):
         self.extra_outputs = int(extra_outputs)
         self.fc = nn.Linear(self.feature_dim, self.num_classes + self.extra_outputs)
 
-    @property
-    def num_outputs(self) -> int:
-        return self.num_classes + self.extra_outputs
-
     def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -2,7 +2,7 @@
 
 ``stem="cifar"`` (default): 3x3 stride-1 convolution, no max-pool (the CIFAR standard; ~11.17 M parameters, K = 10).
 ``stem="imagenet"``: 7x7 stride-2 convolution + 3x3 stride-2 max-pool, the layout the official GReg scripts ran on
-32x32 CIFAR images (method.md §8 #16).
+32x32 CIFAR images (docs/method.md §8 #16).
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ A queued sweep (``dvc exp run --queue -S 'suites.mini.method_params.greg.loss.la
 one workspace. Every evaluate run, however, logs its full results JSON to MLflow, tagged with the DVC experiment name.
 This module collects those results and builds the λ_∇S ablation table across experiments:
 
-    python -m greg_ood.exps ablation --suite mini --method greg --out reports/mini/queue_ablation
+    python -m greg_ood.cli.exps ablation --suite mini --method greg --out reports/mini/queue_ablation
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from . import report, tracking
+from .. import report, tracking
 
 
 def collect_results(suite: str, method: str, *, experiment_prefix: str = "greg-ood",
