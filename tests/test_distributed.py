@@ -1,4 +1,4 @@
-"""Multi-process training (issue #7): DDP on CPU/gloo with 2 processes against the 1-process run with the same global
+"""Multi-process training: DDP on CPU/gloo with 2 processes against the 1-process run with the same global
 batch, resume under DDP, and the torchrun self-relaunch.
 
 The 2-process jobs run in one ``torchrun`` launch of ``tests/ddp_driver.py``; the 1-process reference runs the same
