@@ -24,8 +24,7 @@ def main() -> None:
                             params={"experiment": exp.name, "eval": ev.model_dump(), "primary": primary},
                             experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:
         results, arrays, roc = evaluate(model, id_test=sd.id_test, ood=sd.ood, eval_cfg=ev, mean=sd.mean,
-                                        std=sd.std, device=device, primary=primary, fit_split=sd.id_train,
-                                        method=args.method)
+                                        std=sd.std, device=device, primary=primary, fit_split=sd.id_train)
         head = s.data.headline_set or next(iter(sd.ood))
         full = {"experiment": exp.name, "suite": args.suite, "method": args.method, "arch": args.arch,
                 "seed": args.seed, "group": exp.group, "lambda_grad": exp.train.loss.lambda_grad,

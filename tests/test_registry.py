@@ -71,6 +71,8 @@ def test_table_is_consistent():
         if m.trained:  # the defining settings are valid training settings
             cfg.train_cfg("mini", m.name)
     assert registry.display_name("greg_plus") == "GReg+" and registry.display_name("oe_grad") == "OE + grad"
+    assert registry.penalty_pairs() == [("energy", "greg"), ("oe", "oe_grad")]
+    assert C.GradAblationCfg().pairs == [("energy", "greg"), ("oe", "oe_grad")]
     assert registry.display_name("poem") == "poem"  # unknown names pass through (paper-only methods in the report)
     with pytest.raises(ValueError, match="unknown method 'poem'.*greg_plus"):
         registry.get("poem")
@@ -81,6 +83,7 @@ def test_table_is_consistent():
     (dict(terms=("ce", "poem")), "terms must start with 'ce'"),
     (dict(terms=("ce", "oe"), aux=False), "without auxiliary data"),
     (dict(terms=("ce",), extra_outputs=-1), "extra_outputs"),
+    (dict(terms=("ce", "oe"), adds_penalty_to="oe"), "adds_penalty_to"),
 ])
 def test_bad_entries_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -138,14 +141,16 @@ def test_trainer_uses_the_declared_selection():
 def test_a_new_entry_works_without_touching_other_modules(monkeypatch):
     """DOS with the gradient penalty: declared once, it validates, builds, samples, trains and evaluates."""
     entry = Method("dos_grad", "DOS + grad", ("ce", "abs", "grad"), selection=Selection("absent"), extra_outputs=1,
-                   detection_score="absent_class", settings={"sampling": {"start": 0, "two_way": False}})
+                   detection_score="absent_class", settings={"sampling": {"start": 0, "two_way": False}},
+                   adds_penalty_to="dos")
     raw = copy.deepcopy(RAW)
     raw["suites"]["mini"]["methods"].append("dos_grad")
-    raw["suites"]["mini"]["grad_ablation"]["pairs"].append(["dos", "dos_grad"])
+    del raw["suites"]["mini"]["grad_ablation"]  # the default pairs come from the registry
     with pytest.raises(C.ConfigError, match="unknown method 'dos_grad'"):
         _cfg(raw)
     monkeypatch.setitem(registry.REGISTRY, "dos_grad", entry)
     cfg = _cfg(raw)
+    assert cfg.suite("mini").grad_ablation.pairs == [("energy", "greg"), ("oe", "oe_grad"), ("dos", "dos_grad")]
     assert cfg.experiment("mini", "dos_grad", "small_cnn", 0).train.sampling.two_way is False
     tr, rows = _train("dos_grad", cfg)
     assert tr.model(torch.zeros(1, 1, 28, 28)).shape[1] == K + 1

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import registry
+from .registry import TrainMethod
 
 ARCHS = ("small_cnn", "wrn40_2", "densenet100", "densenet101", "resnet18", "densenet121")
 SCORES = ("energy", "msp", "max_logit", "odin", "mahalanobis", "absent_class")
@@ -28,19 +29,6 @@ class ConfigError(ValueError):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def _trained_method(name: str) -> str:
-    """A fine-tuning method of the registry (read at validation time, so a new registry entry is valid at once)."""
-    names = registry.trained()
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-        hint = f" — did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown method {name!r}{hint} Allowed: {', '.join(names)}.")
-    return name
-
-
-TrainMethod = Annotated[str, AfterValidator(_trained_method)]
 
 
 # --------------------------------------------------------------------------------------------------------- sections
@@ -266,9 +254,8 @@ class AblationCfg(_Model):
 
 
 class GradAblationCfg(_Model):
-    #: pairs (method without, method with the gradient term) shown side by side in the report
-    pairs: list[tuple[TrainMethod, TrainMethod]] = Field(
-        default_factory=lambda: [("energy", "greg"), ("oe", "oe_grad")])
+    #: pairs (method without, method with the gradient term) shown side by side in the report; default: registry
+    pairs: list[tuple[TrainMethod, TrainMethod]] = Field(default_factory=registry.penalty_pairs)
 
 
 class CertifyCfg(_Model):

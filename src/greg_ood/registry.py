@@ -22,11 +22,14 @@ two-way. A setting that defines a method can therefore only be changed on purpos
 from __future__ import annotations
 
 import copy
+import difflib
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
+
+from pydantic import AfterValidator
 
 __all__ = ["Method", "Selection", "REGISTRY", "METHODS", "ORDER", "TERMS", "get", "trained", "display_name",
-           "deep_merge", "resolve_settings"]
+           "check_trained", "TrainMethod", "penalty_pairs", "deep_merge", "resolve_settings"]
 
 #: the loss terms a method can sum (their names are also the keys of the training logs): cross-entropy on the ID
 #: rows, the energy margin loss L_S, outlier exposure, the absent-class loss of DOS, and the GReg gradient penalty
@@ -71,6 +74,8 @@ class Method:
     settings: dict[str, Any] = field(default_factory=dict)
     #: one of the suites' fine-tuning methods (False for ``ce``, which only pretrains)
     trained: bool = True
+    #: the method this one adds the gradient penalty to (its partner in the "+ grad" ablation), if any
+    adds_penalty_to: Optional[str] = None
 
     def __post_init__(self):
         unknown = [t for t in self.terms if t not in TERMS]
@@ -80,6 +85,8 @@ class Method:
             raise ValueError(f"{self.name}: a method without auxiliary data has only the 'ce' term and no selection")
         if self.extra_outputs < 0:
             raise ValueError(f"{self.name}: extra_outputs must be >= 0, got {self.extra_outputs}")
+        if self.adds_penalty_to is not None and "grad" not in self.terms:
+            raise ValueError(f"{self.name}: adds_penalty_to needs the 'grad' term")
 
     @property
     def has_penalty(self) -> bool:
@@ -99,14 +106,15 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("oe", "OE", ("ce", "oe"), settings=_NO_GRAD_NO_ENERGY),
     # the paper's "OE + grad" ablation; the combination (GReg's energy penalty with the same margins, added to OE) is
     # this project's construction: the paper does not say how it combined them
-    Method("oe_grad", "OE + grad", ("ce", "oe", "grad"), settings={"loss": {"lambda_energy": 0.0}}),
+    Method("oe_grad", "OE + grad", ("ce", "oe", "grad"), settings={"loss": {"lambda_energy": 0.0}},
+           adds_penalty_to="oe"),
     # Jiang et al. 2024: K+1 outputs, outliers trained into the absent class, one-way clustered picks from rank 16,
     # detection by the absent-class probability
     Method("dos", "DOS", ("ce", "abs"), selection=Selection("absent"), extra_outputs=1,
            detection_score="absent_class",
            settings={**_NO_GRAD_NO_ENERGY, "sampling": {"start": 16, "two_way": False}}),
     # Sharifi et al. 2024: energy loss plus the gradient penalty; GReg+ adds the energy-based cluster sampling
-    Method("greg", "GReg", ("ce", "energy", "grad")),
+    Method("greg", "GReg", ("ce", "energy", "grad"), adds_penalty_to="energy"),
     Method("greg_plus", "GReg+", ("ce", "energy", "grad"), selection=Selection("energy")),
 )}
 
@@ -127,6 +135,29 @@ def get(name: str) -> Method:
 def trained() -> tuple[str, ...]:
     """The fine-tuning methods of the current registry, in table order."""
     return tuple(n for n, m in REGISTRY.items() if m.trained)
+
+
+def penalty_pairs() -> list[tuple[str, str]]:
+    """``(method, method + gradient penalty)`` for every entry that declares ``adds_penalty_to``, in the table order
+    of the method without the penalty (the default pairs of the "+ grad" ablation)."""
+    order = list(REGISTRY)
+    pairs = [(m.adds_penalty_to, m.name) for m in REGISTRY.values() if m.adds_penalty_to is not None]
+    return sorted(pairs, key=lambda p: order.index(p[0]) if p[0] in order else len(order))
+
+
+def check_trained(name: str) -> str:
+    """``name`` when it is a fine-tuning method, else ``ValueError`` with the closest name and the allowed ones."""
+    names = trained()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hint = f" — did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown method {name!r}{hint} Allowed: {', '.join(names)}.")
+    return name
+
+
+#: a method name in params.yaml, checked against the registry when the params are validated (so a new entry is valid
+#: at once)
+TrainMethod = Annotated[str, AfterValidator(check_trained)]
 
 
 def display_name(name: str) -> str:
