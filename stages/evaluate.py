@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from greg_ood import pipeline, tracking
+from greg_ood import pipeline, registry, tracking
 from greg_ood.evaluation import evaluate
 from greg_ood.io import write_json_atomic, write_npz_atomic
 
@@ -18,14 +18,13 @@ def main() -> None:
     sd = pipeline.suite_data(cfg, args.suite, aux=False, ood=True)
     model = pipeline.load_model(P.model(args.suite, exp.name),
                                 pipeline.build_model(cfg, args.suite, args.arch, args.method), device)
-    # DOS detects with its absent-class output; every other method with the suite's primary score
-    primary = "absent_class" if args.method == "dos" else ev.primary
+    # the method's own detection score (DOS: its absent-class output), else the suite's primary score
+    primary = registry.get(args.method).detection_score or ev.primary
     with tracking.stage_run("evaluate", f"evaluate@{exp.name}", suite=args.suite,
                             params={"experiment": exp.name, "eval": ev.model_dump(), "primary": primary},
                             experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:
         results, arrays, roc = evaluate(model, id_test=sd.id_test, ood=sd.ood, eval_cfg=ev, mean=sd.mean,
-                                        std=sd.std, device=device, primary=primary, fit_split=sd.id_train,
-                                        method=args.method)
+                                        std=sd.std, device=device, primary=primary, fit_split=sd.id_train)
         head = s.data.headline_set or next(iter(sd.ood))
         full = {"experiment": exp.name, "suite": args.suite, "method": args.method, "arch": args.arch,
                 "seed": args.seed, "group": exp.group, "lambda_grad": exp.train.loss.lambda_grad,

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from greg_ood import pipeline
-from greg_ood.runlog import run_training
+from greg_ood.runlog import RunRecord, run_training
+from greg_ood.trainer import Job, Sources
 
 
 def main() -> None:
@@ -15,13 +16,13 @@ def main() -> None:
     model = pipeline.build_model(cfg, args.suite, args.arch, "ce").to(device)
     src = pipeline.id_source(sd, cfg, args.suite, batch_size=pc.batch_size, seed=pc.seed, device=device)
     name = f"pretrain@{args.suite}-{args.arch}"
-    run_training(
-        cfg, name=name, stage="pretrain", suite=args.suite, model=model, method="ce", tcfg=pc, seed=pc.seed,
-        id_source=src, aux_source=None, device=device, sd=sd,
-        ckpt_path=P.pretrain_checkpoint(args.suite, args.arch), out_path=P.pretrained(args.suite, args.arch),
-        csv_path=P.pretrain_csv(args.suite, args.arch),
+    record = RunRecord(
+        stage="pretrain", name=name, suite=args.suite,
         params={"suite": args.suite, "arch": args.arch, "pretrain": pc.model_dump()},
-        meta={"suite": args.suite, "arch": args.arch, "method": "ce", "num_classes": s.num_classes})
+        meta={"suite": args.suite, "arch": args.arch, "method": "ce", "num_classes": s.num_classes},
+        ckpt_path=P.pretrain_checkpoint(args.suite, args.arch), out_path=P.pretrained(args.suite, args.arch),
+        csv_path=P.pretrain_csv(args.suite, args.arch))
+    run_training(cfg, Job("ce", pc, pc.seed), model, Sources(src), record, sd=sd, device=device)
 
 
 if __name__ == "__main__":

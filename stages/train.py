@@ -11,7 +11,8 @@ import numpy as np
 
 from greg_ood import pipeline
 from greg_ood.distributed import distributed_context, relaunch_under_torchrun
-from greg_ood.runlog import run_training
+from greg_ood.runlog import RunRecord, run_training
+from greg_ood.trainer import Job, Sources
 
 
 def main() -> None:
@@ -41,15 +42,16 @@ def main() -> None:
                                                                            n_aux))
         if dist is not None:
             model = dist.wrap(model)
-        run_training(
-            cfg, name=f"train@{exp.name}", stage="train", suite=args.suite, model=model, method=args.method, tcfg=t,
-            seed=args.seed, id_source=src, aux_source=aux, device=device, sd=sd,
-            ckpt_path=P.checkpoint(args.suite, exp.name), out_path=P.model(args.suite, exp.name),
-            csv_path=P.train_csv(args.suite, exp.name), channel_std=list(sd.std), distributed=dist,
+        record = RunRecord(
+            stage="train", name=f"train@{exp.name}", suite=args.suite,
             params={"suite": args.suite, "method": args.method, "arch": args.arch, "seed": args.seed,
                     "group": exp.group, "train": t.model_dump(), "aux_pool": n_aux},
             meta={"suite": args.suite, "method": args.method, "arch": args.arch, "seed": args.seed,
-                  "group": exp.group, "experiment": exp.name})
+                  "group": exp.group, "experiment": exp.name},
+            ckpt_path=P.checkpoint(args.suite, exp.name), out_path=P.model(args.suite, exp.name),
+            csv_path=P.train_csv(args.suite, exp.name))
+        run_training(cfg, Job(args.method, t, args.seed, channel_std=list(sd.std)), model, Sources(src, aux), record,
+                     sd=sd, device=device, distributed=dist)
 
 
 if __name__ == "__main__":

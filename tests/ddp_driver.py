@@ -19,7 +19,7 @@ from torch import nn
 from greg_ood import models
 from greg_ood.config import LossCfg, OptimizerCfg, SamplingCfg, ScheduleCfg, TrainCfg
 from greg_ood.distributed import distributed_context
-from greg_ood.trainer import Trainer, derive_seed, set_determinism
+from greg_ood.trainer import Hooks, Job, Sources, Trainer, derive_seed, set_determinism
 
 K = 4          # classes
 B = 8          # global ID batch
@@ -91,9 +91,9 @@ def run_job(method: str, norm: str, dist=None, resume: bool = False, ckpt_dir: P
         if dist is not None:
             model = dist.wrap(model)
         aux = AuxSource(C if method == "greg_plus" else B_AUX)
-        return Trainer(model, method, cfg, id_source=IDSource(), aux_source=aux, device=torch.device("cpu"),
-                       seed=SEED, ckpt_path=(ckpt_dir / f"{method}-{norm}.pt") if ckpt_dir else None,
-                       log=lambda r, s: rows.append((s, dict(r))), log_every=1, distributed=dist)
+        return Trainer(model, Job(method, cfg, SEED), Sources(IDSource(), aux), device=torch.device("cpu"),
+                       hooks=Hooks(log=lambda r, s: rows.append((s, dict(r))), log_every=1),
+                       ckpt_path=(ckpt_dir / f"{method}-{norm}.pt") if ckpt_dir else None, distributed=dist)
 
     if not resume:
         tr = make(train_cfg(method))

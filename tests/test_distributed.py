@@ -168,14 +168,15 @@ def _fake_context(world: int, sync_batchnorm: bool = False) -> D.Context:
     return ctx
 
 
-def test_method_params_scaling_and_syncbn_guard():
+def test_rank_loss_scaling_and_syncbn_guard():
     """The official penalty's lambda is divided by W, per_sample is left alone; SyncBatchNorm + penalty refused."""
-    p = M.MethodParams(name="greg", lambda_grad=1.0)
-    assert _fake_context(4).method_params(p).lambda_grad == 0.25
-    assert _fake_context(4).method_params(M.MethodParams(name="greg", reduction="per_sample")).lambda_grad == 1.0
+    p = M.MethodLoss.of("greg", lambda_grad=1.0)
+    assert _fake_context(4).rank_loss(p).cfg.lambda_grad == 0.25
+    assert p.cfg.lambda_grad == 1.0  # the validated settings are not modified
+    assert _fake_context(4).rank_loss(M.MethodLoss.of("greg", reduction="per_sample")).cfg.lambda_grad == 1.0
     with pytest.raises(ValueError, match="double backward"):
-        _fake_context(2, sync_batchnorm=True).method_params(p)
-    assert _fake_context(2, sync_batchnorm=True).method_params(M.MethodParams(name="energy")).name == "energy"
+        _fake_context(2, sync_batchnorm=True).rank_loss(p)
+    assert _fake_context(2, sync_batchnorm=True).rank_loss(M.MethodLoss.of("energy")).method.name == "energy"
 
 
 def test_uneven_batch_is_refused():

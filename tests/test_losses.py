@@ -276,3 +276,24 @@ def test_bad_inputs_raise_value_error_naming_the_argument():
         L.energy_margin_loss(torch.zeros(2), torch.zeros(2), 0.0, -1.0)
     with pytest.raises(ValueError, match="logits_aux"):
         L.absent_class_loss(torch.zeros(2, 1))
+
+
+def test_margin_stats_known_answers():
+    """Indicator shares (strict, as the penalty's) and linearly interpolated percentiles, computed by hand."""
+    e_id = torch.tensor([-3.0, -2.0, -1.0, 0.0])
+    e_aux = torch.tensor([4.0, 0.0, 2.5, 1.0, 3.0])  # unsorted on purpose
+    st = L.margin_stats(e_id, e_aux, m_in=-2.0, m_out=2.5)
+    # ID: only -3 is strictly below m_in = -2 (the tie -2 is not); aux: 4 and 3 are strictly above 2.5
+    want = {"active_frac_id": 0.25, "active_frac_aux": 0.4,
+            # positions q * (n - 1): ID 0.15, 1.5, 2.85 -> -2.85, -1.5, -0.15; aux (sorted 0, 1, 2.5, 3, 4) 0.2, 2, 3.8
+            "energy_id_p5": -2.85, "energy_id_p50": -1.5, "energy_id_p95": -0.15,
+            "energy_aux_p5": 0.2, "energy_aux_p50": 2.5, "energy_aux_p95": 3.8}
+    assert set(st) == set(want)
+    for k, v in want.items():
+        assert st[k].dim() == 0 and abs(float(st[k]) - v) < 1e-6, (k, float(st[k]), v)
+    # the shares are the penalty's own indicators: rows active in gradient_penalty <=> counted here
+    x = torch.cat([e_id, e_aux]).view(9, 1).requires_grad_(True)  # energy = the input itself
+    _, ps = L.gradient_penalty(x, x[:, 0] * 1.0, torch.arange(9) < 4, -2.0, 2.5, return_stats=True)
+    assert float(ps.n_active_id) == 1 and float(ps.n_active_aux) == 2
+    with pytest.raises(ValueError, match="energy_aux"):
+        L.margin_stats(e_id, torch.zeros(0), -2.0, 2.5)

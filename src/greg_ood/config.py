@@ -2,30 +2,25 @@
 
 An unknown key, a misspelled key, a wrong type or an out-of-range value raises :class:`ConfigError`, whose message names
 the dotted key, what was given, what is allowed, and (for typos) the closest valid key. Per-method settings are a deep
-merge of the suite's ``train`` section with ``method_params.<method>``; the merged result is validated too, so a bad
-override is caught even for methods that the current stage does not run.
+merge of the suite's ``train`` section, the method's defining settings and ``method_params.<method>`` (the order and
+the reason for it: :mod:`greg_ood.registry`); the merged result is validated too, so a bad override is caught even for
+methods that the current stage does not run. Method names are checked against the registry.
 """
 from __future__ import annotations
 
-import copy
 import difflib
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-METHODS = ("ce", "energy", "oe", "oe_grad", "dos", "greg", "greg_plus")
-TRAIN_METHODS = ("energy", "oe", "oe_grad", "dos", "greg", "greg_plus")
+from . import registry
+from .registry import TrainMethod
+
 ARCHS = ("small_cnn", "wrn40_2", "densenet100", "densenet101", "resnet18", "densenet121")
 SCORES = ("energy", "msp", "max_logit", "odin", "mahalanobis", "absent_class")
 SUITES = ("mini", "cifar10", "cifar100", "imagenet")
-#: methods whose loss uses auxiliary outliers
-AUX_METHODS = ("energy", "oe", "oe_grad", "dos", "greg", "greg_plus")
-#: methods that pick their auxiliary batch by energy-based clustering (the others draw it at random)
-CLUSTER_METHODS = ("dos", "greg_plus")
 
 
 class ConfigError(ValueError):
@@ -81,6 +76,8 @@ class ScheduleCfg(_Model):
 
 
 class LossCfg(_Model):
+    """The loss weights and margins, validated here once; the training step uses this object as it is."""
+
     lambda_energy: float = Field(0.1, ge=0)
     lambda_grad: float = Field(1.0, ge=0)
     m_in: float = -25.0
@@ -243,7 +240,7 @@ class SelectCfg(_Model):
 
 
 class AblationCfg(_Model):
-    method: Literal[TRAIN_METHODS] = "greg"
+    method: TrainMethod = "greg"
     arch: Optional[str] = None
     lambda_grad: list[float] = Field(default_factory=list)
     seeds: Optional[list[int]] = None
@@ -257,13 +254,12 @@ class AblationCfg(_Model):
 
 
 class GradAblationCfg(_Model):
-    #: pairs (method without, method with the gradient term) shown side by side in the report
-    pairs: list[tuple[Literal[TRAIN_METHODS], Literal[TRAIN_METHODS]]] = Field(
-        default_factory=lambda: [("energy", "greg"), ("oe", "oe_grad")])
+    #: pairs (method without, method with the gradient term) shown side by side in the report; default: registry
+    pairs: list[tuple[TrainMethod, TrainMethod]] = Field(default_factory=registry.penalty_pairs)
 
 
 class CertifyCfg(_Model):
-    methods: list[Literal[TRAIN_METHODS]] = Field(default_factory=lambda: ["energy", "greg"])
+    methods: list[TrainMethod] = Field(default_factory=lambda: ["energy", "greg"])
     eps: float = Field(1.0, gt=0)
     count: int = Field(500, gt=0)
     batch_size: int = Field(128, gt=0)
@@ -275,7 +271,7 @@ class SuiteCfg(_Model):
     in_channels: int = Field(3, gt=0)
     archs: list[Literal[ARCHS]] = Field(min_length=1)
     arch_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    methods: list[Literal[TRAIN_METHODS]] = Field(min_length=1)
+    methods: list[TrainMethod] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
     pretrain: PretrainCfg = Field(default_factory=PretrainCfg)
     select: SelectCfg = Field(default_factory=SelectCfg)
@@ -298,9 +294,10 @@ class SuiteCfg(_Model):
         unknown = set(self.arch_options) - set(ARCHS)
         if unknown:
             raise ValueError(f"arch_options has unknown architectures {sorted(unknown)}; allowed: {list(ARCHS)}")
-        unknown = set(self.method_params) - set(TRAIN_METHODS)
+        unknown = set(self.method_params) - set(registry.trained())
         if unknown:
-            raise ValueError(f"method_params has unknown methods {sorted(unknown)}; allowed: {list(TRAIN_METHODS)}")
+            raise ValueError(f"method_params has unknown methods {sorted(unknown)}; allowed: "
+                             f"{list(registry.trained())}")
         if self.ablation.arch is not None and self.ablation.arch not in self.archs:
             raise ValueError(f"ablation.arch {self.ablation.arch!r} is not in archs {self.archs}")
         for a, b in self.grad_ablation.pairs:
@@ -335,7 +332,7 @@ class Experiment(_Model):
     """One training run, fully resolved: what the train / evaluate stages of one matrix item see."""
 
     suite: str
-    method: Literal[TRAIN_METHODS]
+    method: TrainMethod
     arch: str
     seed: int
     group: Literal["main", "ablation"] = "main"
@@ -346,35 +343,9 @@ class Experiment(_Model):
 
     @property
     def name(self) -> str:
-        return experiment_name(self.suite, self.method, self.arch, self.seed, self.label)
-
-
-def experiment_name(suite: str, method: str, arch: str, seed: int, ablation_label: Optional[str] = None) -> str:
-    name = f"{suite}-{method}-{arch}-s{seed}"
-    if ablation_label is not None:
-        name += f"-lg{ablation_label}"
-    return name
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (override or {}).items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-#: defaults every method starts from before the suite's train section and its method_params are merged in
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "energy": {"loss": {"lambda_grad": 0.0}},
-    "oe": {"loss": {"lambda_grad": 0.0, "lambda_energy": 0.0}},
-    "oe_grad": {"loss": {"lambda_energy": 0.0}},
-    "dos": {"loss": {"lambda_grad": 0.0, "lambda_energy": 0.0}},
-    "greg": {},
-    "greg_plus": {},
-}
+        """``<suite>-<method>-<arch>-s<seed>``, plus ``-lg<label>`` for a point of the lambda_grad ablation."""
+        lg = f"-lg{self.label}" if self.label is not None else ""
+        return f"{self.suite}-{self.method}-{self.arch}-s{self.seed}{lg}"
 
 
 class Config:
@@ -393,13 +364,13 @@ class Config:
         return self.params.suites[name]
 
     def train_cfg(self, suite: str, method: str, lambda_grad: Optional[float] = None) -> TrainCfg:
-        """suites.<suite>.train  <-  the method's defining settings (METHOD_DEFAULTS)  <-  method_params.<method>."""
+        """suites.<suite>.train  <-  the method's defining settings (registry)  <-  method_params.<method>  (<- the
+        ablation's ``lambda_grad``), validated."""
         s = self.suite(suite)
         override = s.method_params.get(method, {})
-        merged = deep_merge(s.train.model_dump(exclude_unset=True), METHOD_DEFAULTS.get(method, {}))
-        merged = deep_merge(merged, override)
+        merged = registry.resolve_settings(method, s.train.model_dump(exclude_unset=True), override)
         if lambda_grad is not None:
-            merged = deep_merge(merged, {"loss": {"lambda_grad": lambda_grad}})
+            merged = registry.deep_merge(merged, {"loss": {"lambda_grad": lambda_grad}})
         try:
             return TrainCfg.model_validate(merged)
         except ValidationError as e:
@@ -439,9 +410,6 @@ class Config:
 
     def dataset_options(self, name: str) -> dict[str, Any]:
         return dict(self.params.datasets.get(name, {}))
-
-    def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def load(path: Union[str, Path] = "params.yaml") -> Config:

@@ -12,7 +12,6 @@ configuration asks for more than one process (``train.nproc``); see ``docs/scale
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shlex
 import signal
@@ -68,9 +67,9 @@ class Context:
         b = n // self.world
         return t[self.rank * b:(self.rank + 1) * b]
 
-    def method_params(self, params):
-        """Loss parameters for one rank's share of the batch, such that the DDP average of the per-rank gradients
-        equals the gradient of the loss on the global batch.
+    def rank_loss(self, loss):
+        """The :class:`~greg_ood.methods.MethodLoss` for one rank's share of the batch, such that the DDP average of
+        the per-rank gradients equals the gradient of the loss on the global batch.
 
         Cross-entropy, L_S and the ``per_sample`` penalty are means over groups that split evenly, so they average
         exactly. The ``official`` penalty is not a mean of per-row terms: its rows are weighted by 1/n_in and
@@ -81,19 +80,21 @@ class Context:
         ``batch_norm_backward_reduce`` / ``batch_norm_backward_elemt``, which have no derivative, so the double
         backward of the penalty cannot pass through it.
         """
-        if self.sync_batchnorm and getattr(params, "uses_penalty", False):
+        if self.sync_batchnorm and loss.penalty_on:
             raise ValueError("train.sync_batchnorm: SyncBatchNorm does not support double backward, which the "
-                             f"gradient penalty of {params.name!r} needs; keep per-rank BatchNorm "
+                             f"gradient penalty of {loss.method.name!r} needs; keep per-rank BatchNorm "
                              "(sync_batchnorm: false) or set lambda_grad: 0")
-        if getattr(params, "reduction", None) == "official" and self.world > 1:
-            return dataclasses.replace(params, lambda_grad=params.lambda_grad / self.world)
-        return params
+        if loss.cfg.reduction == "official" and self.world > 1:
+            return loss.with_lambda_grad(loss.cfg.lambda_grad / self.world)
+        return loss
 
-    def mean_logs(self, logs: dict, params=None) -> dict:
+    def mean_logs(self, logs: dict, loss=None) -> dict:
         """Average the scalar log values over the ranks (a collective: call it on every rank at the same step).
 
         ``total``, ``ce``, ``energy`` and ``active_frac`` then equal the global-batch values; the ``official``
-        penalty ``grad`` is divided by W (see :meth:`method_params`). ``gradnorm_*`` become means of per-rank means.
+        penalty ``grad`` is divided by W (see :meth:`rank_loss`). ``gradnorm_*`` become means of per-rank means,
+        ``active_frac_id`` / ``active_frac_aux`` global shares (the ranks hold equal row counts), and the energy
+        percentiles means of per-rank percentiles.
         Non-finite entries (NaN when a group has no active row) are averaged over the ranks where they are finite.
         """
         keys = [k for k, v in logs.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
@@ -108,7 +109,7 @@ class Context:
         out = dict(logs)
         for i, k in enumerate(keys):
             v = mean[i]
-            if k == "grad" and getattr(params, "reduction", None) == "official":
+            if k == "grad" and loss is not None and loss.cfg.reduction == "official":
                 v = v / self.world
             out[k] = v.to(logs[k].dtype if logs[k].is_floating_point() else torch.float32)
         return out

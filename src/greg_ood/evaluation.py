@@ -73,8 +73,8 @@ def score_arrays(model, sets: dict, *, names, mean, std, device, batch_size, odi
     return out
 
 
-def evaluate(model, *, id_test, ood: dict, eval_cfg, mean, std, device, primary: str, fit_split=None,
-             method: Optional[str] = None) -> tuple[dict, dict, dict]:
+def evaluate(model, *, id_test, ood: dict, eval_cfg, mean, std, device, primary: str,
+             fit_split=None) -> tuple[dict, dict, dict]:
     """Return (results, score arrays, roc points) — results in the docs/CONTRACTS.md format (without ids)."""
     names = list(dict.fromkeys(eval_cfg.scores + ([primary] if primary not in eval_cfg.scores else [])))
     K = model.num_classes

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .scores import channel_view
 
 __all__ = ["cross_entropy", "energy_margin_loss", "outlier_exposure_loss", "absent_class_loss", "gradient_penalty",
-           "PenaltyStats", "REDUCTIONS", "GRAD_SPACES"]
+           "PenaltyStats", "margin_stats", "REDUCTIONS", "GRAD_SPACES"]
 
 REDUCTIONS = ("official", "per_sample")
 GRAD_SPACES = ("normalized", "pixel")
@@ -113,6 +113,31 @@ class PenaltyStats:
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         return {"active_frac": self.active_frac, "gradnorm_id": self.gradnorm_id, "gradnorm_aux": self.gradnorm_aux}
+
+
+#: energy percentiles reported by :func:`margin_stats`
+MARGIN_PERCENTILES = (5, 50, 95)
+
+
+def margin_stats(energy_id: torch.Tensor, energy_aux: torch.Tensor, m_in: float, m_out: float) -> dict:
+    """Where one batch's energies sit relative to the margins (detached 0-dim tensors; no host synchronisation).
+
+    ``active_frac_id`` = mean over ID rows of 1[E_i < m_in] and ``active_frac_aux`` = mean over auxiliary rows of
+    1[E_j > m_out]: the indicators of :func:`gradient_penalty` (strict, as there), i.e. the share of each group the
+    penalty acts on. Unlike ``PenaltyStats.active_frac`` they count every row of the batch (also under split routing,
+    and for methods without a penalty, so that methods compare on the same margins). ``energy_id_p5`` … and
+    ``energy_aux_p95``: the 5th, 50th and 95th percentiles of each group's energies (``torch.quantile``, linear
+    interpolation).
+    """
+    _vec(energy_id, "energy_id")
+    _vec(energy_aux, "energy_aux")
+    e_id, e_aux = energy_id.detach().float(), energy_aux.detach().float()
+    out = {"active_frac_id": (e_id < m_in).float().mean(), "active_frac_aux": (e_aux > m_out).float().mean()}
+    q = torch.tensor([p / 100 for p in MARGIN_PERCENTILES], device=e_id.device)
+    for group, e in (("id", e_id), ("aux", e_aux)):
+        for p, v in zip(MARGIN_PERCENTILES, torch.quantile(e, q)):
+            out[f"energy_{group}_p{p}"] = v
+    return out
 
 
 def gradient_penalty(inputs: torch.Tensor, energy: torch.Tensor, is_id: torch.Tensor, m_in: float, m_out: float,

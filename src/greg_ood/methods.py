@@ -1,191 +1,195 @@
-"""One training step per method, built from :mod:`greg_ood.losses`, plus the GReg+/DOS auxiliary selection.
+"""One training step per method, assembled from the loss terms its registry entry declares
+(:mod:`greg_ood.registry`), plus the clustering selection of the auxiliary batch (GReg+, DOS).
 
-| method | outputs | aux data | clustering | loss (λ from :class:`MethodParams`) |
-|---|---|---|---|---|
-| ``ce`` | K | no | no | CE (pretraining; ``x_aux`` ignored) |
-| ``energy`` | K | random | no | CE + λ_S L_S (Liu et al. 2020) |
-| ``oe`` | K | random | no | CE + λ_OE L_OE (Hendrycks et al. 2019) |
-| ``oe_grad`` | K | random | no | CE + λ_OE L_OE + λ_∇S L_∇S — **project construction** for the paper's "OE + Grad" ablation (the paper does not say how it combined them; here: the energy-score penalty of GReg, same margins, added to OE) |
-| ``dos`` | K+1 | clustered | yes (absent-class score, one-way) | CE_{K+1}(ID) + λ_abs CE(aux -> class K) (Jiang et al. 2024) |
-| ``greg`` | K | random | no | CE + λ_S L_S + λ_∇S L_∇S (GReg) |
-| ``greg_plus`` | K | clustered | yes (energy, two-way) | same loss as ``greg``; the difference is the selection (:func:`select_auxiliary`) done by the caller |
+| term | weight (``LossCfg``) | formula (:mod:`greg_ood.losses`) | methods |
+|---|---|---|---|
+| ``ce`` | 1 | cross-entropy on the ID rows, over all outputs (K, or K+1 for DOS) | every method |
+| ``energy`` | ``lambda_energy`` λ_S | energy margin loss L_S (Liu et al. 2020) | energy, greg, greg_plus |
+| ``oe`` | ``lambda_oe`` | outlier exposure on the first K outputs (Hendrycks et al. 2019) | oe, oe_grad |
+| ``abs`` | ``lambda_abs`` β | CE(aux -> the absent class K) (Jiang et al. 2024) | dos |
+| ``grad`` | ``lambda_grad`` λ_∇S | GReg gradient penalty L_∇S (Sharifi et al. 2024) | oe_grad, greg, greg_plus |
 
 Every method with auxiliary data runs **one** forward over ``cat(x_id, x_aux)`` (shared BatchNorm statistics, as
-energy_ood and OE do); the penalty uses the input gradient of that same forward (method.md §2.5) and is not computed
-at all when ``lambda_grad == 0``.
+energy_ood and OE do); the penalty uses the input gradient of that same forward and is not computed at all when
+``lambda_grad == 0``. The terms are added in the order the entry lists them.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
 from . import losses as L
+from . import registry
+from .config import LossCfg
 from .sampling import ROLE_HIGH, ROLE_LOW, energy_cluster_select
 from .scores import energy as energy_of
 
-__all__ = ["MethodParams", "training_step", "select_auxiliary", "METHODS", "AUX_METHODS", "CLUSTER_METHODS",
-           "EXTRA_OUTPUT_METHODS", "PENALTY_METHODS", "method_info"]
-
-METHODS = ("ce", "energy", "oe", "oe_grad", "dos", "greg", "greg_plus")
-#: methods whose loss uses auxiliary outliers
-AUX_METHODS = ("energy", "oe", "oe_grad", "dos", "greg", "greg_plus")
-#: methods whose auxiliary batch is chosen by clustering a candidate batch (select_auxiliary)
-CLUSTER_METHODS = ("dos", "greg_plus")
-#: methods whose model has K + 1 outputs (the absent class)
-EXTRA_OUTPUT_METHODS = ("dos",)
-#: methods with the GReg gradient penalty (when lambda_grad > 0)
-PENALTY_METHODS = ("oe_grad", "greg", "greg_plus")
-#: methods with the energy margin loss L_S
-ENERGY_METHODS = ("energy", "greg", "greg_plus")
+__all__ = ["MethodLoss", "training_step", "select_auxiliary"]
 
 
-def method_info(name: str) -> dict:
-    """What ``name`` needs: ``{"aux": bool, "clustering": bool, "extra_outputs": int, "penalty": bool}``."""
-    if name not in METHODS:
-        raise ValueError(f"name: unknown method {name!r}; choose one of {METHODS}")
-    return {"aux": name in AUX_METHODS, "clustering": name in CLUSTER_METHODS,
-            "extra_outputs": 1 if name in EXTRA_OUTPUT_METHODS else 0, "penalty": name in PENALTY_METHODS}
+@dataclass(frozen=True)
+class MethodLoss:
+    """The loss of one method, built once per run: its registry entry and its loss settings exactly as params.yaml
+    validated them (margins and weights are checked there, once). ``channel_std`` (the per-channel std of the input
+    normalisation) is needed by ``grad_space="pixel"`` only."""
 
-
-@dataclass
-class MethodParams:
-    """Loss hyper-parameters (defaults: the paper / official code, method.md §2, §5).
-
-    ``lambda_energy`` λ_S (0.1), ``lambda_grad`` λ_∇S (1, official reduction), margins ``m_in`` = -25, ``m_out`` = -7,
-    ``reduction`` official | per_sample (λ_ps = λ_off / N), ``routing`` joint (every aux row feeds both L_S and the
-    penalty, official) | split (two-way roles: low picks -> L_S, high picks -> penalty, top-ups -> both),
-    ``grad_space`` normalized | pixel (needs ``channel_std``), ``lambda_oe`` (0.5), ``lambda_abs`` β (1),
-    ``temperature`` of the energy (1).
-    """
-
-    name: str
-    lambda_energy: float = 0.1
-    lambda_grad: float = 1.0
-    m_in: float = -25.0
-    m_out: float = -7.0
-    reduction: str = "official"
-    routing: str = "joint"
-    grad_space: str = "normalized"
+    method: registry.Method
+    cfg: LossCfg
     channel_std: Optional[Union[Sequence[float], torch.Tensor]] = None
-    lambda_oe: float = 0.5
-    lambda_abs: float = 1.0
-    temperature: float = 1.0
 
     def __post_init__(self):
-        if self.name not in METHODS:
-            raise ValueError(f"name: unknown method {self.name!r}; choose one of {METHODS}")
-        if self.routing not in ("joint", "split"):
-            raise ValueError(f"routing: must be 'joint' or 'split', got {self.routing!r}")
-        if self.reduction not in L.REDUCTIONS:
-            raise ValueError(f"reduction: must be one of {L.REDUCTIONS}, got {self.reduction!r}")
-        if self.grad_space not in L.GRAD_SPACES:
-            raise ValueError(f"grad_space: must be one of {L.GRAD_SPACES}, got {self.grad_space!r}")
-        if self.grad_space == "pixel" and self.channel_std is None:
+        if self.cfg.grad_space == "pixel" and self.channel_std is None:
             raise ValueError("channel_std: grad_space='pixel' needs the per-channel std of the input normalisation")
-        for k in ("lambda_energy", "lambda_grad", "lambda_oe", "lambda_abs"):
-            v = getattr(self, k)
-            if not (isinstance(v, (int, float)) and v >= 0):
-                raise ValueError(f"{k}: must be a number >= 0, got {v!r}")
-        if not self.m_in < self.m_out:
-            raise ValueError(f"m_in: must be < m_out, got m_in={self.m_in}, m_out={self.m_out}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature: must be > 0, got {self.temperature}")
+
+    @classmethod
+    def of(cls, method: str, channel_std=None, **settings) -> "MethodLoss":
+        """From a method name and ``LossCfg`` fields (the method's defining loss settings, then the ``LossCfg``
+        defaults, fill the rest), validated as params.yaml is: for tests and tools that have no params file."""
+        entry = registry.get(method)
+        cfg = LossCfg.model_validate(registry.deep_merge(entry.settings.get("loss", {}), settings))
+        return cls(entry, cfg, channel_std)
 
     @property
-    def uses_penalty(self) -> bool:
-        return self.name in PENALTY_METHODS and self.lambda_grad > 0
+    def penalty_on(self) -> bool:
+        """The gradient penalty is part of this loss (the method has it and ``lambda_grad > 0``)."""
+        return self.method.has_penalty and self.cfg.lambda_grad > 0
+
+    def with_lambda_grad(self, value: float) -> "MethodLoss":
+        """The same loss with another penalty weight (a DDP rank's share, :mod:`greg_ood.distributed`)."""
+        return dataclasses.replace(self, cfg=self.cfg.model_copy(update={"lambda_grad": value}))
+
+
+class _Step(NamedTuple):
+    """What the terms of one step read: the (joint) input and its logits, the ID row count, K, the energies (None
+    when no term needs them) and the auxiliary rows' roles under split routing (else None)."""
+
+    x: torch.Tensor
+    logits: torch.Tensor
+    n_in: int
+    K: int
+    E: Optional[torch.Tensor]
+    roles: Optional[torch.Tensor]
+
+
+def _energy_term(s: _Step, loss: MethodLoss):
+    """L_S on the ID rows and the auxiliary rows (split routing: the rows not picked as high-score only)."""
+    e_aux = s.E[s.n_in:]
+    if s.roles is not None:
+        e_aux = e_aux[s.roles != ROLE_HIGH]
+        if e_aux.numel() == 0:
+            raise ValueError("aux_roles: no auxiliary row is routed to the energy loss")
+    return L.energy_margin_loss(s.E[:s.n_in], e_aux, loss.cfg.m_in, loss.cfg.m_out, check=False), {}
+
+
+def _oe_term(s: _Step, loss: MethodLoss):
+    """L_OE on the auxiliary rows' first K outputs."""
+    return L.outlier_exposure_loss(s.logits[s.n_in:, :s.K]), {}
+
+
+def _abs_term(s: _Step, loss: MethodLoss):
+    """The absent-class loss on the auxiliary rows (all K+1 outputs)."""
+    return L.absent_class_loss(s.logits[s.n_in:]), {}
+
+
+def _grad_term(s: _Step, loss: MethodLoss):
+    """L_∇S over every row (split routing: ID rows and the auxiliary rows not picked as low-score), with its
+    :class:`~greg_ood.losses.PenaltyStats` as extra logs."""
+    n = s.x.shape[0]
+    is_id = torch.zeros(n, dtype=torch.bool, device=s.x.device)
+    is_id[:s.n_in] = True
+    rows = None
+    if s.roles is not None:
+        rows = torch.ones(n, dtype=torch.bool, device=s.x.device)
+        rows[s.n_in:] = s.roles.to(s.x.device) != ROLE_LOW
+    c = loss.cfg
+    pen, st = L.gradient_penalty(s.x, s.E, is_id, c.m_in, c.m_out, c.reduction, grad_space=c.grad_space,
+                                 channel_std=loss.channel_std, rows=rows, create_graph=True, return_stats=True,
+                                 check=False)
+    return pen, {k: v.float() for k, v in st.as_dict().items()}
+
+
+#: term -> (its weight in LossCfg, its function); ``ce`` is always the first term, with weight 1
+_TERMS = {"energy": ("lambda_energy", _energy_term), "oe": ("lambda_oe", _oe_term),
+          "abs": ("lambda_abs", _abs_term), "grad": ("lambda_grad", _grad_term)}
 
 
 def training_step(model: torch.nn.Module, x_id: torch.Tensor, y_id: torch.Tensor, x_aux: Optional[torch.Tensor],
-                  params: MethodParams, aux_roles: Optional[torch.Tensor] = None):
-    """Loss of one training step of ``params.name`` (the caller runs ``backward`` and the optimiser step).
+                  loss: MethodLoss, aux_roles: Optional[torch.Tensor] = None, *, diagnostics: bool = False):
+    """Loss of one training step of ``loss.method`` (the caller runs ``backward`` and the optimiser step).
 
     Inputs are normalised batches on the model's device; the model should be in train mode. Returns ``(loss, logs)``
-    with detached 0-dim tensors in ``logs`` (no host synchronisation): ``ce``, ``total`` and, where the method has
-    them, ``energy`` (L_S, unweighted), ``oe`` / ``abs`` (unweighted), ``grad`` (penalty, unweighted),
+    with detached 0-dim tensors in ``logs`` (no host synchronisation): ``ce``, ``total`` and each further term of the
+    method, unweighted (``energy`` = L_S, ``oe``, ``abs``, ``grad`` = the penalty), plus with the penalty
     ``active_frac``, ``gradnorm_id``, ``gradnorm_aux`` (see :class:`greg_ood.losses.PenaltyStats`; NaN when no row of
     the group is active).
+
+    ``diagnostics=True`` (the trainer asks on logging steps only) adds :func:`greg_ood.losses.margin_stats` of this
+    step's energies against the configured margins, for every method with auxiliary data, penalty or not, so that
+    methods compare on the same footing. The energies are the ones the step computed, else computed from the same
+    logits (E over all outputs); they are detached and change nothing in the step.
 
     ``aux_roles`` (from :func:`select_auxiliary` with ``return_roles=True``) is used only with ``routing="split"``:
     roles 1 feed L_S only, roles 2 the penalty only, roles 0 both. Without roles (or with ``routing="joint"``, the
     official behaviour) every auxiliary row feeds both terms.
     """
-    p = params
+    m, c = loss.method, loss.cfg
     if x_id.dim() < 2 or x_id.shape[0] == 0:
         raise ValueError(f"x_id: expected a non-empty batch, got shape {tuple(x_id.shape)}")
     if y_id.dim() != 1 or y_id.shape[0] != x_id.shape[0]:
         raise ValueError(f"y_id: expected [{x_id.shape[0]}] labels, got shape {tuple(y_id.shape)}")
-    if p.name == "ce":
+    if not m.aux:
         logits = model(x_id)
         ce = L.cross_entropy(logits, y_id)
         return ce, {"ce": ce.detach(), "total": ce.detach()}
     if x_aux is None or x_aux.shape[0] == 0:
-        raise ValueError(f"x_aux: method {p.name!r} needs a non-empty auxiliary batch")
+        raise ValueError(f"x_aux: method {m.name!r} needs a non-empty auxiliary batch")
     if x_aux.shape[1:] != x_id.shape[1:]:
         raise ValueError(f"x_aux: image shape {tuple(x_aux.shape[1:])} differs from x_id's {tuple(x_id.shape[1:])}")
     n_in, n_aux = x_id.shape[0], x_aux.shape[0]
-    split = p.routing == "split" and aux_roles is not None
+    split = c.routing == "split" and aux_roles is not None
     if split and (aux_roles.dim() != 1 or aux_roles.shape[0] != n_aux):
         raise ValueError(f"aux_roles: expected [{n_aux}] roles, got shape {tuple(aux_roles.shape)}")
 
     x = torch.cat([x_id, x_aux], dim=0)
-    penalty_on = p.uses_penalty
+    penalty_on = loss.penalty_on
     if penalty_on:
         x = x.detach().requires_grad_(True)
     logits = model(x)
     K = getattr(model, "num_classes", None)
     if K is None:
-        K = logits.shape[1] - (1 if p.name == "dos" else 0)
-    if p.name == "dos" and (logits.shape[1] < 2 or logits.shape[1] == K):
-        raise ValueError(f"model: method 'dos' needs K+1 outputs (build it with extra_outputs=1); got "
-                         f"{logits.shape[1]} outputs for num_classes={K}")
+        K = logits.shape[1] - m.extra_outputs
+    if m.extra_outputs and logits.shape[1] != K + m.extra_outputs:
+        raise ValueError(f"model: method {m.name!r} needs K+{m.extra_outputs} outputs (build it with extra_outputs="
+                         f"{m.extra_outputs}); got {logits.shape[1]} outputs for num_classes={K}")
     ce = L.cross_entropy(logits[:n_in], y_id)  # all outputs: K-way, or K+1-way for DOS
-    loss = ce
+    total = ce
     logs: dict[str, torch.Tensor] = {"ce": ce.detach()}
-    E = None
-    if p.name in ENERGY_METHODS or penalty_on:
-        E = energy_of(logits, p.temperature)
-    if p.name in ENERGY_METHODS:
-        e_aux = E[n_in:]
-        if split:
-            e_aux = e_aux[aux_roles != ROLE_HIGH]
-            if e_aux.numel() == 0:
-                raise ValueError("aux_roles: no auxiliary row is routed to the energy loss")
-        ls = L.energy_margin_loss(E[:n_in], e_aux, p.m_in, p.m_out, check=False)
-        loss = loss + p.lambda_energy * ls
-        logs["energy"] = ls.detach()
-    elif p.name in ("oe", "oe_grad"):
-        oe = L.outlier_exposure_loss(logits[n_in:, :K])
-        loss = loss + p.lambda_oe * oe
-        logs["oe"] = oe.detach()
-    elif p.name == "dos":
-        ab = L.absent_class_loss(logits[n_in:])
-        loss = loss + p.lambda_abs * ab
-        logs["abs"] = ab.detach()
-    if penalty_on:
-        is_id = torch.zeros(n_in + n_aux, dtype=torch.bool, device=x.device)
-        is_id[:n_in] = True
-        rows = None
-        if split:
-            rows = torch.ones(n_in + n_aux, dtype=torch.bool, device=x.device)
-            rows[n_in:] = aux_roles.to(x.device) != ROLE_LOW
-        pen, st = L.gradient_penalty(x, E, is_id, p.m_in, p.m_out, p.reduction, grad_space=p.grad_space,
-                                     channel_std=p.channel_std, rows=rows, create_graph=True, return_stats=True,
-                                     check=False)
-        loss = loss + p.lambda_grad * pen
-        logs["grad"] = pen.detach()
-        logs.update({k: v.float() for k, v in st.as_dict().items()})
-    logs["total"] = loss.detach()
-    return loss, logs
+    E = energy_of(logits) if "energy" in m.terms or penalty_on else None
+    step = _Step(x, logits, n_in, K, E, aux_roles if split else None)
+    for term in m.terms[1:]:
+        if term == "grad" and not penalty_on:
+            continue
+        weight, fn = _TERMS[term]
+        value, extra = fn(step, loss)
+        total = total + getattr(c, weight) * value
+        logs[term] = value.detach()
+        logs.update(extra)
+    if diagnostics:
+        with torch.no_grad():
+            e = E.detach() if E is not None else energy_of(logits.detach())
+            logs.update(L.margin_stats(e[:n_in], e[n_in:], c.m_in, c.m_out))
+    logs["total"] = total.detach()
+    return total, logs
 
 
 def select_auxiliary(model: torch.nn.Module, candidates: torch.Tensor, n_select: int, *, n_clusters: int = 64,
                      start: int = 0, stop: Optional[int] = None, normalization: str = "norm", n_init: int = 3,
                      two_way: bool = True, generator: Optional[torch.Generator] = None, score: str = "energy",
                      return_roles: bool = False, **kmeans_kw):
-    """Choose auxiliary rows from a candidate batch (GReg+ / DOS, method.md §3.2); returns indices into
+    """Choose auxiliary rows from a candidate batch (GReg+ / DOS, docs/method.md §3.2); returns indices into
     ``candidates`` (and roles with ``return_roles=True``, see :func:`greg_ood.sampling.energy_cluster_select`).
 
     The model scores the candidates in **eval** mode under ``torch.inference_mode`` (its previous mode is restored):

@@ -13,7 +13,7 @@ import torch
 
 from . import config as C
 from . import data as D
-from . import models
+from . import models, registry
 from .paths import Paths
 from .trainer import load_checkpoint, load_weights, resolve_device, set_determinism
 
@@ -31,7 +31,7 @@ def stage_cli(description: Optional[str], *, arch: bool = False, experiment: boo
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--suite", required=True)
     if experiment:
-        ap.add_argument("--method", required=True, choices=C.TRAIN_METHODS)
+        ap.add_argument("--method", required=True, choices=registry.trained())
     if arch or experiment:
         ap.add_argument("--arch", required=True)
     if experiment:
@@ -99,10 +99,11 @@ def suite_data(cfg: C.Config, suite: str, *, aux: bool = True, ood: bool = True)
 
 
 def build_model(cfg: C.Config, suite: str, arch: str, method: str) -> torch.nn.Module:
+    """The suite's ``arch`` with the K classes plus the method's extra outputs (registry)."""
     s = cfg.suite(suite)
     kw = dict(s.arch_options.get(arch, {}))
     return models.build(arch, s.num_classes, in_channels=s.in_channels,
-                        extra_outputs=1 if method == "dos" else 0, **kw)
+                        extra_outputs=registry.get(method).extra_outputs, **kw)
 
 
 def load_model(path: Path, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -125,7 +126,7 @@ def id_source(sd: SuiteData, cfg: C.Config, suite: str, *, batch_size: int, seed
 def candidate_batch_size(tcfg: C.TrainCfg, method: str, n_id: int, n_aux: int) -> int:
     """Aux rows drawn per step: C = pool/|D_in|*B for the clustering methods (official rule), else B_aux."""
     B = tcfg.batch_size
-    if method not in C.CLUSTER_METHODS:
+    if registry.get(method).selection is None:
         return tcfg.aux_batch_size or B
     s = tcfg.sampling
     if s.candidate_batch:

@@ -13,16 +13,18 @@ import csv
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import tracking
 from .evaluation import id_accuracy
-from .trainer import Trainer, load_checkpoint, save_atomic
+from .trainer import Hooks, Job, Sources, Trainer, load_checkpoint, save_atomic
 
 log = logging.getLogger("greg_ood")
 
 CSV_FIELDS = ["step", "epoch", "lr", "ce", "energy", "oe", "abs", "grad", "total", "active_frac", "gradnorm_id", "gradnorm_aux",
-              "monitor_gradnorm_id", "monitor_gradnorm_aux", "id_test_acc"]
+              "monitor_gradnorm_id", "monitor_gradnorm_aux", "id_test_acc", "active_frac_id", "active_frac_aux",
+              "energy_id_p5", "energy_id_p50", "energy_id_p95", "energy_aux_p5", "energy_aux_p50", "energy_aux_p95"]
 
 
 class CsvLog:
@@ -72,9 +74,28 @@ class CsvLog:
             os.fsync(f.fileno())
 
 
-def run_training(cfg, *, name: str, stage: str, suite: str, model, method: str, tcfg, seed: int, id_source,
-                 aux_source, device, sd, ckpt_path: Path, out_path: Path, csv_path: Path, params: dict, meta: dict,
-                 channel_std=None, distributed=None) -> dict:
+@dataclass(frozen=True)
+class RunRecord:
+    """How one stage execution is recorded: its MLflow run (``stage``, ``name``, ``suite`` and the logged
+    ``params``), the identity of its result (``meta``, also written into the weights file) and its files: the
+    persistent checkpoint, the final weights and the training curve."""
+
+    stage: str
+    name: str
+    suite: str
+    params: dict
+    meta: dict
+    ckpt_path: Path
+    out_path: Path
+    csv_path: Path
+
+
+def run_training(cfg, job: Job, model, sources: Sources, record: RunRecord, *, sd, device,
+                 distributed=None) -> dict:
+    """Train ``job`` on ``sources`` as the stage execution ``record`` (``sd``: the suite's data, for the ID test
+    accuracy after each epoch); returns ``{"steps", "seconds", "resumed_from"}``."""
+    name, stage, suite, params, meta = record.name, record.stage, record.suite, record.params, record.meta
+    ckpt_path, out_path, csv_path = record.ckpt_path, record.out_path, record.csv_path
     is_main = distributed is None or distributed.is_main
     config_hash = tracking.params_hash({"params": params, "meta": meta})
     ckpt_path = Path(ckpt_path)
@@ -136,12 +157,12 @@ def run_training(cfg, *, name: str, stage: str, suite: str, model, method: str, 
             log.info("%s: epoch %d done, ID test accuracy %.4f", name, epoch + 1, acc)
             return {"id_test_acc": acc}
 
-        trainer = Trainer(model, method, tcfg, id_source=id_source, aux_source=aux_source, device=device, seed=seed,
-                          ckpt_path=ckpt_path, config_hash=config_hash, channel_std=channel_std, log=log_fn,
-                          log_every=cfg.params.mlflow.log_every, epoch_end=epoch_end,
+        hooks = Hooks(log=log_fn, log_every=cfg.params.mlflow.log_every, epoch_end=epoch_end, on_save=on_save,
+                      progress=bar.update_to if is_main else None)
+        trainer = Trainer(model, job, sources, device=device, hooks=hooks, ckpt_path=ckpt_path,
+                          config_hash=config_hash,
                           extra_state={"mlflow_run_id": getattr(run, "run_id", None), "pending": pending},
-                          distributed=distributed,
-                          on_save=on_save, progress=bar.update_to if is_main else None)
+                          distributed=distributed)
         with bar:
             result = trainer.fit()
         on_save()

@@ -19,14 +19,15 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from . import methods as M
+from . import registry
 from .io import atomic_open
-from .config import CLUSTER_METHODS, TrainCfg, PretrainCfg
+from .config import LossCfg, PretrainCfg, TrainCfg
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -178,37 +179,82 @@ class FitResult:
     last_logs: dict = field(default_factory=dict)
 
 
-class Trainer:
-    """Runs one method's training (or CE pretraining with ``method='ce'``).
+@dataclass(frozen=True)
+class Job:
+    """What one :class:`Trainer` trains: a registry method, its validated settings (``TrainCfg``, or ``PretrainCfg``
+    for ``ce``), the seed of every random choice, and the per-channel std of the input normalisation (needed by
+    ``loss.grad_space="pixel"`` only)."""
 
-    ``id_source`` yields normalised ID batches ``(x, y)`` via ``iter_epoch(epoch, start_step)``; ``aux_source``
-    (optional) gives auxiliary batches via ``batch(epoch, step)`` with its own batch size: B_aux rows for random
-    methods, C candidates for the clustering methods (dos, greg_plus), which then select 1 (or 2, two-way) per cluster.
+    method: str
+    cfg: Union[TrainCfg, PretrainCfg]
+    seed: int
+    channel_std: Optional[Sequence[float]] = None
+
+    @property
+    def entry(self) -> registry.Method:
+        return registry.get(self.method)
+
+    def loss(self) -> M.MethodLoss:
+        """The step's loss, built once from the registry entry and the validated loss settings (CE pretraining has
+        none: the ``LossCfg`` defaults, which its single term does not read)."""
+        cfg = self.cfg.loss if isinstance(self.cfg, TrainCfg) else LossCfg()
+        return M.MethodLoss(self.entry, cfg, self.channel_std)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the batches come from. ``id`` yields normalised ID batches ``(x, y)`` via ``iter_epoch(epoch,
+    start_step)``; ``aux`` (methods with auxiliary data) gives batches via ``batch(epoch, step)`` with its own batch
+    size: B_aux rows for random methods, C candidates for the clustering methods, which then select 1 (or 2,
+    two-way) per cluster."""
+
+    id: Any
+    aux: Any = None
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """The run's callbacks, all optional: ``log(row, step)`` every ``log_every`` steps and at the end of each epoch;
+    ``epoch_end(epoch, logs)`` returns extra values to log (e.g. the ID test accuracy); ``on_save()`` right after each
+    checkpoint; ``progress(global_step, total_steps)`` after every step (a progress bar)."""
+
+    log: Optional[LogFn] = None
+    log_every: int = 10
+    epoch_end: Optional[Callable[[int, dict], dict]] = None
+    on_save: Optional[Callable[[], None]] = None
+    progress: Optional[Callable[[int, int], None]] = None
+
+
+class Trainer:
+    """Runs one :class:`Job` (a method's training, or CE pretraining with ``method='ce'``) on :class:`Sources`.
+
+    Checkpointing: ``ckpt_path`` (None: none), ``config_hash`` (a checkpoint with another hash is not resumed) and
+    ``extra_state`` (saved inside each checkpoint, restored on resume). ``distributed``: a
+    :class:`greg_ood.distributed.Context` or None.
     """
 
-    def __init__(self, model: torch.nn.Module, method: str, cfg: TrainCfg | PretrainCfg, *, id_source,
-                 aux_source=None, device: torch.device, seed: int, ckpt_path: Optional[Path] = None,
-                 config_hash: str = "", channel_std=None, log: Optional[LogFn] = None, log_every: int = 10,
-                 epoch_end: Optional[Callable[[int, dict], dict]] = None, extra_state: Optional[dict] = None,
-                 distributed=None, on_save: Optional[Callable[[], None]] = None,
-                 progress: Optional[Callable[[int, int], None]] = None):
+    def __init__(self, model: torch.nn.Module, job: Job, sources: Sources, *, device: torch.device,
+                 hooks: Hooks = Hooks(), ckpt_path: Optional[Path] = None, config_hash: str = "",
+                 extra_state: Optional[dict] = None, distributed=None):
         self.model = model
-        self.method = method
-        self.cfg = cfg
-        self.id_source = id_source
-        self.aux_source = aux_source
+        self.job = job
+        self.method = job.method
+        self.cfg = job.cfg
+        self.id_source = sources.id
+        self.aux_source = sources.aux
         self.device = device
-        self.seed = seed
+        self.seed = job.seed
         self.ckpt_path = Path(ckpt_path) if ckpt_path else None
         self.config_hash = config_hash
-        self.log = log or (lambda m, s: None)
-        self.log_every = log_every
-        self.epoch_end = epoch_end
+        self.log = hooks.log or (lambda m, s: None)
+        self.log_every = hooks.log_every
+        self.epoch_end = hooks.epoch_end
         self.extra_state = dict(extra_state or {})
         self.dist = distributed  # greg_ood.distributed.Context or None
-        self.on_save = on_save
-        self.progress = progress  # called as progress(global_step, total_steps) after every step (a progress bar)
-        self.steps_per_epoch = id_source.steps_per_epoch
+        self.on_save = hooks.on_save
+        self.progress = hooks.progress
+        self.steps_per_epoch = sources.id.steps_per_epoch
+        cfg = job.cfg
         if getattr(cfg, "steps_per_epoch", None):
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.steps_per_epoch)
         if self.steps_per_epoch <= 0:
@@ -216,19 +262,12 @@ class Trainer:
         self.optimizer = build_optimizer(model, cfg.optimizer)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_multiplier(cfg.schedule, cfg.optimizer.lr, self.steps_per_epoch, cfg.epochs))
-        if method == "ce":
-            self.params = M.MethodParams(name="ce")
-        else:
-            L = cfg.loss
-            self.params = M.MethodParams(
-                name=method, lambda_energy=L.lambda_energy, lambda_grad=L.lambda_grad, m_in=L.m_in, m_out=L.m_out,
-                reduction=L.reduction, routing=L.routing, grad_space=L.grad_space, channel_std=channel_std,
-                lambda_oe=L.lambda_oe, lambda_abs=L.lambda_abs)
+        self.loss = job.loss()
         if distributed is not None:  # per-rank share of the global-batch objective (official penalty: lambda / W)
-            self.params = distributed.method_params(self.params)
-        self.uses_aux = method != "ce"
-        if self.uses_aux and aux_source is None:
-            raise ValueError(f"method {method!r} needs auxiliary outliers but no aux_source was given")
+            self.loss = distributed.rank_loss(self.loss)
+        self.uses_aux = job.entry.aux
+        if self.uses_aux and sources.aux is None:
+            raise ValueError(f"method {job.method!r} needs auxiliary outliers but Sources.aux is None")
         self.global_step = 0
         self._last_components: dict = {}
 
@@ -288,7 +327,8 @@ class Trainer:
         x_aux = x_aux[0] if isinstance(x_aux, (tuple, list)) else x_aux
         if self.dist is not None:
             x_aux = self.dist.part(x_aux)
-        if self.method not in CLUSTER_METHODS:
+        selection = self.job.entry.selection
+        if selection is None:
             return x_aux, None
         s = self.cfg.sampling
         rank = self.dist.rank if self.dist is not None else 0
@@ -297,8 +337,8 @@ class Trainer:
         idx, roles = M.select_auxiliary(
             model, x_aux, n_id, n_clusters=s.n_clusters, start=s.start, stop=s.stop, normalization=s.normalization,
             n_init=s.n_init, two_way=s.two_way, generator=gen,
-            score="absent" if self.method == "dos" else "energy", return_roles=True)
-        roles = roles if self.params.routing == "split" else None
+            score=selection.score, return_roles=True)
+        roles = roles if self.loss.cfg.routing == "split" else None
         return x_aux[idx], roles
 
     # ---- main loop
@@ -331,7 +371,9 @@ class Trainer:
                                                  f"last step's components: {self._last_components}") from None
                 else:
                     x_aux, roles = None, None
-                loss, logs = M.training_step(model, x_id, y_id, x_aux, self.params, aux_roles=roles)
+                log_now = (self.global_step + 1) % self.log_every == 0 or step == self.steps_per_epoch - 1
+                loss, logs = M.training_step(model, x_id, y_id, x_aux, self.loss, aux_roles=roles,
+                                             diagnostics=log_now)
                 comps = {k: float(v) for k, v in logs.items() if _is_number(v)}
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
@@ -346,9 +388,9 @@ class Trainer:
                 if self.progress is not None:
                     self.progress(self.global_step, self.cfg.epochs * self.steps_per_epoch)
                 self._last_components = comps
-                if self.global_step % self.log_every == 0 or step == self.steps_per_epoch - 1:
+                if log_now:
                     if self.dist is not None:  # collective (same step on every rank): global-batch values
-                        logs = self.dist.mean_logs(logs, self.params)
+                        logs = self.dist.mean_logs(logs, self.loss)
                     row = {k: float(v) for k, v in logs.items() if _is_number(v)}
                     row["lr"] = self.optimizer.param_groups[0]["lr"]
                     row["epoch"] = epoch

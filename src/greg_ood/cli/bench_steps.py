@@ -48,9 +48,9 @@ def bench_model(name: str, device: torch.device, *, B: int, C: int, k: int, warm
     model = MD.build(name, K, in_channels=channels).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)
     m_in, m_out = -25.0, -7.0
-    p_energy = M.MethodParams(name="energy", lambda_grad=0.0)
-    p_greg = M.MethodParams(name="greg")
-    p_plus = M.MethodParams(name="greg_plus")
+    p_energy = M.MethodLoss.of("energy", lambda_grad=0.0)
+    p_greg = M.MethodLoss.of("greg")
+    p_plus = M.MethodLoss.of("greg_plus")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
     counter = {"i": 0}
     gen = torch.Generator(device=device)
@@ -247,7 +247,7 @@ def amp_check(model, src_id, src_aux, device) -> dict:
     """Loss components of one GReg step in fp32 and under bf16 autocast on the same batch (no optimiser step)."""
     x_id, y_id = src_id.batch(2, 0)
     x_aux, _ = src_aux.batch(2, 0)
-    p = M.MethodParams(name="greg", m_in=-25.0, m_out=-7.0)
+    p = M.MethodLoss.of("greg", m_in=-25.0, m_out=-7.0)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     _, a = M.training_step(model, x_id, y_id, x_aux, p)
     model.load_state_dict(state)
