@@ -149,7 +149,8 @@ def _radius_rows(claim: Claim, arch: str, radii: Mapping, paper: str) -> list[di
         return float(r.mean()) if r.size else math.nan
     per_seed = _by_seed({k: mean_r(k) for k in radii}, arch, claim.base, claim.other)
     note = "" if radii else "no certify results for this suite"
-    rows = [claim_row(claim, arch, per_seed, note=note or "capped radii, see the certify figure", paper_number=paper)]
+    rows = [claim_row(claim, arch, per_seed, note=note or "radii capped at the certify stage's ε",
+                      paper_number=paper)]
     if 1 <= len(per_seed) < 2:
         s = int(next(iter(per_seed))[1:])
         a = np.asarray(radii[(arch, claim.base, s)].get(claim.where, []), float)
@@ -235,7 +236,7 @@ def format_claims(t: pd.DataFrame) -> pd.DataFrame:
                      "Per-pair Δ": per_pair, "Mean Δ": num(r["mean"]),
                      "95 % t interval": interval(r["t_low"], r["t_high"]),
                      "Bootstrap 95 %": interval(r["boot_low"], r["boot_high"]),
-                     "Wins": f"{r['wins']}/{r['n']}", "n": f"{r['n']} {r['pairs']}s",
+                     "Wins": f"{r['wins']}/{r['n']}", "n": f"{r['n']} {r['pairs']}{'' if r['n'] == 1 else 's'}",
                      "Verdict": r["verdict"], "Note": r["note"]})
     out = pd.DataFrame(rows)
     out.attrs["caption"] = t.attrs.get("caption", "")

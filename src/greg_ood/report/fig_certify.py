@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from .names import set_name
-from .plotting import figure, log_ticks, save
+from .plotting import figure, log_ticks, save, suptitle
 
 _STYLES = ("-", "--", ":", "-.")
 
@@ -78,7 +78,7 @@ def plot_certify_runs(runs: Sequence[CertifyRun], path: os.PathLike | str, *, se
     stated = "; ".join(f"{run.label}: γ = {run.gamma:.3g}" if run.gamma is not None else f"{run.label}: γ not given"
                        for run in runs)
     cap = f"radius cap ε = {', '.join(f'{c:g}' for c in caps)} (dotted)" if caps else "no radius cap"
-    fig.suptitle(f"{title}\n{stated}; {cap}; γ = energy threshold keeping 95 % of ID test data; first-order "
+    suptitle(fig, f"{title}\n{stated}; {cap}; γ = energy threshold keeping 95 % of ID test data; first-order "
                  f"estimate, not a certificate", fontsize=9)
     return save(fig, path)
 

@@ -10,7 +10,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from .names import score_name, set_name
-from .plotting import conv_title, figure, grid, hide_unused, save
+from .plotting import conv_title, figure, grid, hide_unused, save, suptitle
 
 _FPR_GRID = np.linspace(0.0, 1.0, 501)
 
@@ -38,11 +38,11 @@ def tpr_at(fpr: np.ndarray, tpr: np.ndarray, grid_fpr: np.ndarray = _FPR_GRID) -
 
 
 def plot_roc(roc_json_files: Sequence[os.PathLike | str], path: os.PathLike | str, *,
-             labels: Optional[Sequence[str]] = None, colors: Optional[Mapping[str, tuple]] = None,
+             labels: Optional[Sequence[str]] = None, styles: Optional[Mapping[str, dict]] = None,
              sets: Optional[Sequence[str]] = None, convention: Optional[str | Mapping] = None,
              title: str = "ROC curves (primary score)") -> Path:
     """ROC curves, one panel per OOD set (``sets``, default: every set in the files). Files that share a label (the
-    seeds of one method) are drawn as one line, the mean TPR at each FPR, with a band of ± 1 std over the files;
+    seeds of one method) are drawn as one line (``styles``: matplotlib ``color``/``ls`` per label), the mean TPR at each FPR, with a band of ± 1 std over the files;
     a label of its own gives a plain line. Label default: the experiment directory name. Axes follow the file (ID
     positive by default: x = OOD accepted as ID, y = ID recall); a dotted line marks TPR = 0.95."""
     files = [Path(f) for f in roc_json_files]
@@ -54,16 +54,17 @@ def plot_roc(roc_json_files: Sequence[os.PathLike | str], path: os.PathLike | st
     sets = [s for s in (sets or have) if s in have]
     pos = "ID" if convention is None or "positive=ood" not in str(convention) else "OOD"
     neg = "OOD" if pos == "ID" else "ID"
-    fig, axes = figure(*grid(len(sets)), w=4.6, h=4.0)
+    fig, axes = figure(*grid(len(sets)), w=4.6 if len(sets) > 1 else 6.0, h=4.4)
     for ax, s in zip(axes, sets):
         for k, lab in enumerate(dict.fromkeys(labels)):
             ys = np.array([tpr_at(*c[s]) for c, lb in zip(curves, labels) if lb == lab and s in c])
             if not len(ys):
                 continue
-            color = (colors or {}).get(lab, f"C{k}")
+            st = {"color": f"C{k}", "ls": "-", **(styles or {}).get(lab, {})}
+            color = st["color"]
             m = ys.mean(axis=0)
             n = len(ys)
-            ax.plot(_FPR_GRID, m, color=color, lw=1.4, label=lab + (f" (mean of {n})" if n > 1 else ""))
+            ax.plot(_FPR_GRID, m, lw=1.4, label=lab + (f" (mean of {n})" if n > 1 else ""), **st)
             if n > 1:
                 sd = ys.std(axis=0, ddof=1)
                 ax.fill_between(_FPR_GRID, np.clip(m - sd, 0, 1), np.clip(m + sd, 0, 1), color=color, alpha=0.18,
@@ -74,7 +75,7 @@ def plot_roc(roc_json_files: Sequence[os.PathLike | str], path: os.PathLike | st
                xlabel=f"FPR ({neg} accepted as {pos})", ylabel=f"TPR ({pos} recall)")
         ax.legend(fontsize=7, loc="lower right")
     hide_unused(axes, len(sets))
-    fig.suptitle(f"{title}\n{conv_title(convention)}; dotted: TPR 0.95; bands: ± 1 std over seeds", fontsize=9)
+    suptitle(fig, f"{title}\n{conv_title(convention)}; dotted: TPR 0.95; bands: ± 1 std over seeds", fontsize=9)
     return save(fig, path)
 
 

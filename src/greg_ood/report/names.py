@@ -12,6 +12,10 @@ from typing import Optional
 METHOD_ORDER = ("energy", "oe", "oe_grad", "dos", "greg", "greg_plus")
 METHOD_NAMES = {"energy": "Energy", "oe": "OE", "oe_grad": "OE + grad", "dos": "DOS", "greg": "GReg",
                 "greg_plus": "GReg+"}
+#: one colour per method in every figure; methods with the gradient term are drawn dashed
+METHOD_COLORS = {"pretrained": "0.45", "energy": "tab:blue", "oe": "tab:green", "oe_grad": "tab:olive",
+                 "dos": "tab:purple", "greg": "tab:red", "greg_plus": "tab:orange"}
+GRAD_TERM_METHODS = ("oe_grad", "greg", "greg_plus")
 #: rows that are not fine-tuning methods and come first in the main tables (a results file whose ``method`` is
 #: ``pretrained`` — the pretrained model scored without fine-tuning — is shown as the baseline row)
 BASELINE_ORDER = ("pretrained",)

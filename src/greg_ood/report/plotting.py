@@ -8,13 +8,14 @@ from __future__ import annotations
 import io
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 import numpy as np
 
 from ..io import write_bytes_atomic
-from .names import BASELINE_ORDER, METHOD_ORDER
+from .names import GRAD_TERM_METHODS, METHOD_COLORS
 
 def figure(nrows: int, ncols: int, *, w: float = 4.2, h: float = 3.4):
     from matplotlib.figure import Figure  # object-oriented API: no pyplot, no global backend switch
@@ -29,6 +30,12 @@ def save(fig, path: os.PathLike | str) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     return write_bytes_atomic(Path(path), buf.getvalue())
+
+
+def suptitle(fig, text: str, fontsize: float = 9) -> None:
+    """Figure title, each line wrapped to the figure's width (about 15 characters per inch at 9 pt)."""
+    width = max(40, int(fig.get_figwidth() * 15 * 9 / fontsize))
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in text.split("\n")), fontsize=fontsize)
 
 
 def grid(n: int, max_cols: int = 3) -> tuple[int, int]:
@@ -49,14 +56,17 @@ def conv_title(convention: Optional[str | Mapping]) -> str:
     return f"score higher = ID; {pos.upper()} = positive class, FPR95 rule: {c.get('fpr_rule', '?')}"
 
 
-def method_colors(methods: Iterable[str]) -> dict[str, tuple]:
-    """A fixed colour per method: the known methods in report order get tab10 colours 0, 1, 2, … (so each keeps
-    their colours in every figure); methods without a place in that order follow."""
-    from matplotlib import colormaps
-    cmap = colormaps["tab10"]
-    known = list(BASELINE_ORDER + METHOD_ORDER)
-    extra = sorted(m for m in dict.fromkeys(methods) if m not in known)
-    return {m: cmap((known + extra).index(m) % 10) for m in dict.fromkeys(methods)}
+def method_styles(methods: Iterable[str]) -> dict[str, dict]:
+    """Line style per method, the same in every figure: ``{"color", "ls"}`` from :data:`names.METHOD_COLORS`
+    (methods without one take the unused tab10 colours in name order); dashed for the methods with the gradient
+    term, so that a method drawn on top of its base (GReg over Energy) stays visible."""
+    used = set(METHOD_COLORS.values())
+    spare = iter(c for c in (f"C{i}" for i in range(10)) if c not in used)
+    out = {}
+    for m in sorted(dict.fromkeys(methods)):
+        color = METHOD_COLORS.get(m) or next(spare, "0.3")
+        out[m] = {"color": color, "ls": "--" if m in GRAD_TERM_METHODS else "-"}
+    return out
 
 
 def log_ticks(axis, *, numticks: int = 6) -> None:

@@ -13,8 +13,8 @@ from .fig_certify import CertifyRun, plot_certify_runs
 from .fig_detection import plot_roc, plot_score_histograms
 from .fig_training import plot_gradnorm, plot_training_curves
 from .loading import load_certify, load_certify_meta, load_train_curves
-from .names import MEAN, arch_key, arch_name, method_key, method_name, set_name
-from .plotting import method_colors
+from .names import MEAN, arch_key, arch_name, method_key, method_name, score_name, set_name
+from .plotting import method_styles
 
 
 def _main_runs(df: pd.DataFrame, primary: str) -> pd.DataFrame:
@@ -30,7 +30,7 @@ def roc_figures(df: pd.DataFrame, primary: str, conv: str, plots_dir: Path, out:
     """``roc_<arch>.png``: the headline set (every set when the suite has none), every seed of every main method,
     mean ± band per method."""
     runs = _main_runs(df, primary)
-    colors = {method_name(m): c for m, c in method_colors(runs["method"]).items()}
+    styles = {method_name(m): st for m, st in method_styles(runs["method"]).items()}
     head = headline_set(df)
     written = {}
     for arch, g in runs.groupby("arch", sort=False):
@@ -45,9 +45,9 @@ def roc_figures(df: pd.DataFrame, primary: str, conv: str, plots_dir: Path, out:
             labs.append(method_name(r["method"]))
         if files:
             key = f"figures/roc_{arch}.png"
-            written[key] = plot_roc(files, out / key, labels=labs, colors=colors, convention=conv,
+            written[key] = plot_roc(files, out / key, labels=labs, styles=styles, convention=conv,
                                     sets=[head] if head else None,
-                                    title=f"{suite} {arch_name(arch)}: ROC, {primary} score, all seeds")
+                                    title=f"{suite} {arch_name(arch)}: ROC, {score_name(primary)} score, all seeds")
     return written
 
 
@@ -74,7 +74,7 @@ def training_figures(df: pd.DataFrame, primary: str, train_files: Sequence[Path]
     curves = load_train_curves(train_files, df)
     if curves.empty:
         return {}
-    colors = {method_name(m): c for m, c in method_colors(curves["method"]).items()}
+    styles = {method_name(m): st for m, st in method_styles(curves["method"]).items()}
     main = curves[curves["group"] == "main"].assign(label=lambda t: t["method"].map(method_name))
     main = main.iloc[sorted(range(len(main)), key=lambda i: method_key(main["method"].iloc[i]))]
     written = {}
@@ -82,11 +82,11 @@ def training_figures(df: pd.DataFrame, primary: str, train_files: Sequence[Path]
         name = f"{suite} {arch_name(arch)}"
         if any(c in g.columns and g[c].notna().any() for c in ("monitor_gradnorm_id", "monitor_gradnorm_aux")):
             key = f"figures/gradnorm_{arch}.png"
-            written[key] = plot_gradnorm(g, out / key, colors=colors,
+            written[key] = plot_gradnorm(g, out / key, styles=styles,
                                          title=f"{name}: input-gradient norm of the energy along training "
                                                f"(the paper's Figure 3, measured)")
         key = f"figures/training_curves_{arch}.png"
-        written[key] = plot_training_curves(g, out / key, colors=colors, title=f"{name}: training curves")
+        written[key] = plot_training_curves(g, out / key, styles=styles, title=f"{name}: training curves")
     written.update(_lambda_gradnorm(df, primary, curves, out, suite))
     return written
 
@@ -97,22 +97,23 @@ def _lambda_gradnorm(df: pd.DataFrame, primary: str, curves: pd.DataFrame, out: 
     ab = ablation_rows(df, suite, primary)
     ab = ab[ab["is_mean"]].drop_duplicates("experiment")
     lam_of = dict(zip(ab["experiment"], ab["lambda_grad"]))
-    label_of = {e: f"λ = {lam:g}" + (f" ({method_name(b)})" if isinstance(b, str) else "")
-                for e, lam, b in zip(ab["experiment"], ab["lambda_grad"], ab["lambda0_from"])}
+    label_of = {e: f"λ = {lam:g}" + (f" ({method_name(b)})" if isinstance(b, str) else " (main)" if grp == "main"
+                                      else "")
+                for e, lam, b, grp in zip(ab["experiment"], ab["lambda_grad"], ab["lambda0_from"], ab["group"])}
     c = curves[curves["experiment"].isin(lam_of)].copy()
     c["lam"] = c["experiment"].map(lam_of)
     c = c.sort_values(["lam", "seed", "step"], kind="stable").assign(label=lambda t: t["experiment"].map(label_of))
     from matplotlib import colormaps
     labels = list(dict.fromkeys(c["label"]))
     cmap = colormaps["viridis"]
-    colors = {lab: cmap(i / max(len(labels) - 1, 1) * 0.9) for i, lab in enumerate(labels)}
+    styles = {lab: {"color": cmap(i / max(len(labels) - 1, 1) * 0.9), "ls": "-"} for i, lab in enumerate(labels)}
     written = {}
     for (arch, method), g in ab.groupby(["arch", "method"]):
         cg = c[(c["arch"] == arch) & c["experiment"].isin(g["experiment"])]
         if cg.empty:
             continue
         key = f"figures/gradnorm_lambda_{arch}.png"
-        written[key] = plot_gradnorm(cg, out / key, colors=colors,
+        written[key] = plot_gradnorm(cg, out / key, styles=styles,
                                      title=f"{suite} {arch_name(arch)}: {method_name(method)} at each λ_∇S, "
                                            f"input-gradient norm along training")
     return written
@@ -125,7 +126,7 @@ def certify_figures(df: pd.DataFrame, certify_files: Sequence[Path], out: Path, 
     info = df.drop_duplicates("experiment").set_index("experiment")
     meta: dict[str, dict] = {}
     runs: dict[tuple, list[CertifyRun]] = {}
-    colors = method_colors(info["method"])
+    styles = method_styles(info["method"])
     for f in sorted(certify_files, key=lambda p: method_key(info["method"].get(Path(p).stem, "~"))):
         f = Path(f)
         if f.stem not in info.index:
@@ -140,7 +141,7 @@ def certify_figures(df: pd.DataFrame, certify_files: Sequence[Path], out: Path, 
         m = meta.get(f.stem, {})
         row = info.loc[f.stem]
         runs.setdefault((row["arch"], int(row["seed"])), []).append(
-            CertifyRun(method_name(row["method"]), g, r, m.get("gamma"), m.get("eps"), colors[row["method"]]))
+            CertifyRun(method_name(row["method"]), g, r, m.get("gamma"), m.get("eps"), styles[row["method"]]["color"]))
     head = headline_set(df)
     written = {}
     for (arch, seed), rs in sorted(runs.items(), key=lambda kv: (arch_key(kv[0][0]), kv[0][1])):
