@@ -7,8 +7,8 @@ fixes the pretrained model, the ID batches and the auxiliary batches), their mea
 the t interval. Nothing in the table is written by hand: a verdict changes only when the numbers do.
 
 Claims: C1 GReg vs Energy FPR95; C2 the gradient term added to another loss (``grad_ablation.pairs``); C3 the ID
-input-gradient norm ‖∇ₓE‖ (the paper's Figure 3) at the end of training and averaged along it; C4 GReg+ vs GReg FPR95;
-C5 ID accuracy kept within 1 point of Energy (non-inferiority); C6 certified radii (the certify stage).
+input-gradient norm ‖∇ₓE‖ (the paper's Figure 3) at the end of training and averaged along it; C4 GReg+ vs GReg
+FPR95; C5 ID accuracy kept within 1 point of Energy (non-inferiority); C6 certified radii (the certify stage).
 """
 from __future__ import annotations
 

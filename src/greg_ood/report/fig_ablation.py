@@ -16,8 +16,8 @@ from .plotting import figure, grid, hide_unused, save, suptitle
 def plot_ablation(df: pd.DataFrame, path: os.PathLike | str, *, suite: Optional[str] = None,
                   score: str = "energy") -> Path:
     """FPR95 and AUROC (%) on the headline set and on the mean over OOD sets, and the ID accuracy, against λ_∇S,
-    one panel each (so each effect gets its own scale), mean ± std over seeds as error bars. Symlog x axis (linear below the smallest positive λ), so λ = 0 is drawn; its tick
-    names the method it comes from, e.g. "0 (Energy)"."""
+    one panel each (so each effect gets its own scale), mean ± std over seeds as error bars. Symlog x axis (linear
+    below the smallest positive λ), so λ = 0 is drawn; its tick names the method it comes from, e.g. "0 (Energy)"."""
     if suite is None:
         suites = df.loc[df["group"] == "ablation", "suite"].unique()
         if len(suites) != 1:

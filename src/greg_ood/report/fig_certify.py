@@ -1,5 +1,5 @@
 """Figures of the certify stage's arrays: per-sample ‖∇ₓE‖₂ and the first-order radius
-min(ε, |γ − E(x)| / ‖∇ₓE(x)‖₂) (``docs/method.md §2.6``) — an estimate from the local gradient, not a certificate.
+min(ε, |γ − E(x)| / ‖∇ₓE(x)‖₂) (``docs/method.md §2.6``), an estimate from the local gradient, not a certificate.
 
 :func:`plot_certify_runs` puts several models (Energy and GReg) on the same axes; :func:`plot_certify` draws one model
 (the certify stage's per-model figure).
@@ -38,8 +38,8 @@ def _positive_sorted(v) -> np.ndarray:
 
 def plot_certify_runs(runs: Sequence[CertifyRun], path: os.PathLike | str, *, sets: Optional[Sequence[str]] = None,
                       title: str = "Input-gradient norms and first-order radii") -> Path:
-    """Three panels, every run on the same axes (colour = run, line style = set): the CDF of ‖∇ₓE‖₂, the fraction of
-    samples whose radius is ≥ r, and the median radius per set for every set. ``sets`` (default: all) picks the
+    """Three panels, every run on the same axes (colour = run, line style = set): the CDF of ‖∇ₓE‖₂, the fraction
+    of samples whose radius is ≥ r, and the median radius per set for every set. ``sets`` (default: all) picks the
     sets drawn as lines. The title states γ and the radius cap of each run; radii of 0 (points at γ) cannot be
     drawn on the log axis and are counted in the legend."""
     if not runs:

@@ -42,9 +42,10 @@ def plot_roc(roc_json_files: Sequence[os.PathLike | str], path: os.PathLike | st
              sets: Optional[Sequence[str]] = None, convention: Optional[str | Mapping] = None,
              title: str = "ROC curves (primary score)") -> Path:
     """ROC curves, one panel per OOD set (``sets``, default: every set in the files). Files that share a label (the
-    seeds of one method) are drawn as one line (``styles``: matplotlib ``color``/``ls`` per label), the mean TPR at each FPR, with a band of ± 1 std over the files;
-    a label of its own gives a plain line. Label default: the experiment directory name. Axes follow the file (ID
-    positive by default: x = OOD accepted as ID, y = ID recall); a dotted line marks TPR = 0.95."""
+    seeds of one method) are drawn as one line, the mean TPR at each FPR, with a band of ± 1 std over the files; a
+    label of its own gives a plain line; ``styles`` gives matplotlib ``color``/``ls`` per label. Label default: the
+    experiment directory name. Axes follow the file (ID positive by default: x = OOD accepted as ID, y = ID recall);
+    a dotted line marks TPR = 0.95."""
     files = [Path(f) for f in roc_json_files]
     if not files:
         raise ValueError("plot_roc: no roc.json files")

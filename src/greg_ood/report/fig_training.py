@@ -1,5 +1,5 @@
-"""Training figures from the per-run training logs: the paper's Figure 3 measured (‖∇ₓE‖ on ID and auxiliary rows
-along training) and the loss terms, each as mean ± band over seeds, one colour per method.
+"""Training figures from the per-run training logs: the paper's Figure 3 measured (‖∇ₓE‖ on ID and auxiliary
+rows along training) and the loss terms, each as mean ± band over seeds, one colour per method.
 
 Rows where a column is empty (e.g. the epoch-end rows, which hold only the ID test accuracy) are skipped for that
 column, never drawn as 0.
@@ -64,10 +64,12 @@ def _panels(curves: pd.DataFrame, panels: Sequence[tuple[str, str]], path: os.Pa
 
 
 def plot_gradnorm(curves: pd.DataFrame, path: os.PathLike | str, *, label_col: str = "label",
-                  styles: Optional[Mapping[str, dict]] = None, title: str = "Input-gradient norm along training") -> Path:
+                  styles: Optional[Mapping[str, dict]] = None,
+                  title: str = "Input-gradient norm along training") -> Path:
     """The paper's Figure 3, measured: ``monitor_gradnorm_id`` and ``monitor_gradnorm_aux`` against the step, one
-    line per ``label_col`` value (a method; ``styles``: its ``color``/``ls``), mean over seeds with a ± 1 std band. ``curves``: long frame with
-    ``step``, ``seed``, the label and the monitor columns (:func:`greg_ood.report.loading.load_train_curves`)."""
+    line per ``label_col`` value (a method; ``styles``: its ``color``/``ls``), mean over seeds with a ± 1 std band.
+    ``curves``: long frame with ``step``, ``seed``, the label and the monitor columns
+    (:func:`greg_ood.report.loading.load_train_curves`)."""
     return _panels(curves, GRADNORM_PANELS, path, label_col, styles or {},
                    f"{title}\nmean over seeds, band ± 1 std; gradient w.r.t. the normalised input; "
                    f"E = energy (low = ID); measured on each logged step's batch", log_if_wide=True)

@@ -29,7 +29,8 @@ SET_NAMES = {"fmnist_near": "Fashion-MNIST 6–9", "digits": "Digits", "faces": 
              "gaussian_noise": "Gaussian noise", "uniform_noise": "Uniform noise",
              "textures": "Textures", "dtd": "Textures", "svhn": "SVHN", "places365": "Places365",
              "places": "Places", "lsun_crop": "LSUN-C", "lsun_resize": "LSUN-R", "isun": "iSUN",
-             "sun": "SUN", "inaturalist": "iNaturalist", "id": "ID test", "id_train": "ID training batches", "mean": "Mean"}
+             "sun": "SUN", "inaturalist": "iNaturalist", "id": "ID test", "id_train": "ID training batches",
+             "mean": "Mean"}
 SCORE_NAMES = {"energy": "energy (−E)", "msp": "MSP", "max_logit": "max logit", "odin": "ODIN",
                "mahalanobis": "Mahalanobis", "absent_class": "absent-class",
                "primary": "method's own (energy −E; DOS: absent-class 1 − p_K+1)"}

@@ -12,7 +12,8 @@ import pandas as pd
 
 from .aggregate import convention_text, format_mean_std, one_convention, select_rows, signed
 from .loading import load_paper_numbers
-from .names import BENCHMARK_NAMES, MEAN, METHOD_NAMES, METRIC_NAMES, arch_key, arch_name, method_key, method_name, score_name, set_name
+from .names import (BENCHMARK_NAMES, MEAN, METHOD_NAMES, METRIC_NAMES, arch_key, arch_name, method_key, method_name,
+                    score_name, set_name)
 
 #: our suite -> the paper's benchmark name in paper_numbers.csv
 SUITE_BENCHMARK = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet10"}
@@ -119,5 +120,6 @@ def paper_pair_text(paper: pd.DataFrame, base: str, other: str, metric: str, ood
     parts = []
     for key in [k for k in a.index if k in b.index]:
         _, bench, arch = key
-        parts.append(f"{BENCHMARK_NAMES.get(bench, bench)} {arch_name(arch)}: {a[key]:.2f} → {b[key]:.2f} ({b[key] - a[key]:+.2f})")
+        va, vb = a[key], b[key]
+        parts.append(f"{BENCHMARK_NAMES.get(bench, bench)} {arch_name(arch)}: {va:.2f} → {vb:.2f} ({vb - va:+.2f})")
     return "; ".join(dict.fromkeys(parts))
