@@ -151,6 +151,9 @@ def test_claims_files(tmp_path):
     md = paths["claims.md"].read_text()
     assert "| C1 |" in md and "supported" in md and "computed from the t interval" in md
     assert r"\begin{tabular}" in paths["claims.tex"].read_text()
+    short = paths["claims_readme.md"].read_text()
+    assert "| C1 | GReg fine-tuning lowers FPR95 vs Energy fine-tuning | GReg − Energy | FPR95, Mean | " \
+           "-20.00 [-20.00, -20.00] | 3/3 | supported |" in short
     csv = pd.read_csv(paths["claims.csv"])
     assert {"claim", "mean", "t_low", "t_high", "boot_low", "boot_high", "wins", "n", "verdict"} <= set(csv.columns)
     shown = format_claims(t)
