@@ -249,6 +249,51 @@ def test_paired_differences(tmp_path):
     assert "Fashion-MNIST 6–9" in t.attrs["caption"]
 
 
+def test_best_values_bold_and_aupr_columns(tmp_path):
+    df = R.load_results(write(tmp_path, mini_docs()))
+    t = R.main_table(df, suite="mini")
+    assert ("Mean", "AUPR-In ↑") in t.columns and ("Mean", "AUPR-Out ↑") in t.columns
+    bold = {(t.index[i][1], t.columns[j]) for i, j in t.attrs["bold"]}
+    assert ("GReg", ("Mean", "FPR95 ↓")) in bold  # 20 % < OE + grad 30 % < energy 40 %, OE 40 %
+    assert ("Energy", ("Mean", "FPR95 ↓")) not in bold
+    assert ("Energy", ("", "ID acc. ↑")) in bold  # 91 % vs 90 %
+    assert ("GReg", ("Mean", "AUPR-In ↑")) in bold and ("Energy", ("Mean", "AUPR-In ↑")) in bold  # a tie: all
+    md = R.table_to_markdown(t)
+    assert "| **20.00 ± 10.00** |" in md
+    assert r"\textbf{20.00 $\pm$ 10.00}" in R.table_to_latex(t)
+
+
+def test_ablation_lambda0_from_energy(tmp_path):
+    """Without λ = 0 ablation runs, λ = 0 is Energy's main runs on the ablation's seeds, labelled "0 (Energy)"."""
+    docs = [d for d in mini_docs() if not (d["group"] == "ablation" and d["lambda_grad"] == 0.0)]
+    t = R.ablation_table(R.load_results(write(tmp_path, docs)), suite="mini")
+    assert [lab for _, _, lab in t.index] == ["0 (Energy)", "1 (main)", "10"]
+    row = t.loc[("Small CNN", "GReg", "0 (Energy)")]
+    assert row[("", "n")] == "2" and row[("Mean", "FPR95 ↓")] == "35.00 ± 7.07"  # energy seeds 0, 1: 30 %, 40 %
+
+
+def test_summary_metrics_known_answers(tmp_path):
+    m = R.summary_metrics(R.load_results(write(tmp_path, mini_docs())), suite="mini", score="energy")
+    assert m["greg-small_cnn"] == {"n_seeds": 3, "headline_fpr95": 20.0, "headline_fpr95_std": 10.0,
+                                   "headline_auroc": 96.0, "headline_auroc_std": 1.0, "mean_fpr95": 20.0,
+                                   "mean_fpr95_std": 10.0, "mean_auroc": 96.0, "mean_auroc_std": 1.0,
+                                   "id_acc": 90.0, "id_acc_std": 0.0}
+    assert m["oe-small_cnn"]["mean_fpr95"] == 40.0 and m["oe-small_cnn"]["mean_fpr95_std"] is None  # one seed
+
+
+def test_curve_helpers_skip_missing_rows():
+    from greg_ood.report.fig_detection import tpr_at
+    from greg_ood.report.plotting import mean_band
+    # epoch-end rows carry no value: they are dropped, never averaged in as 0
+    x, m, sd, n = mean_band([10, 20, 20, 30], [1.0, np.nan, 3.0, np.nan])
+    assert x.tolist() == [10, 20] and m.tolist() == [1.0, 3.0] and n.tolist() == [1, 1]
+    x, m, sd, n = mean_band([10, 10, 20, 20], [1.0, 3.0, 2.0, 2.0])
+    assert m.tolist() == [2.0, 2.0] and sd[0] == pytest.approx(np.sqrt(2)) and sd[1] == 0.0
+    # a step ROC read at fixed FPR: the highest TPR reached at FPR ≤ x
+    got = tpr_at(np.array([0.0, 0.5, 0.5, 1.0]), np.array([0.0, 0.5, 0.9, 1.0]), np.array([0.25, 0.5, 0.75, 1.0]))
+    assert got.tolist() == [0.0, 0.9, 0.9, 1.0]
+
+
 # ---------------------------------------------------------------------------------------------------- writers
 def test_latex_escaping_and_writers(tmp_path):
     df = R.load_results(write(tmp_path, mini_docs()))

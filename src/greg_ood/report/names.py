@@ -6,8 +6,6 @@ report before anyone names it here.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 #: training methods in the order of the paper's tables
 METHOD_ORDER = ("energy", "oe", "oe_grad", "dos", "greg", "greg_plus")
 METHOD_NAMES = {"energy": "Energy", "oe": "OE", "oe_grad": "OE + grad", "dos": "DOS", "greg": "GReg",
@@ -75,9 +73,3 @@ def set_name(s: str) -> str:
 def score_name(s: str) -> str:
     return SCORE_NAMES.get(s, s)
 
-
-def method_of_experiment(experiment: str) -> Optional[str]:
-    """The method of a ``<suite>-<method>-<arch>-s<seed>[-lg<λ>]`` experiment name, if it is a known method."""
-    parts = experiment.split("-")
-    known = METHOD_ORDER + BASELINE_ORDER
-    return parts[1] if len(parts) > 1 and parts[1] in known else None
