@@ -1,5 +1,5 @@
 """Shared figure plumbing: an object-oriented matplotlib figure (no pyplot, so the process-wide backend is never
-touched), atomic PNG writing, one colour per method, and readable log-axis ticks.
+touched), atomic PNG writing, wrapped titles, mean ± std bands and readable log-axis ticks.
 
 matplotlib is imported inside the functions, so importing a figure module costs nothing until a figure is drawn.
 """
@@ -10,12 +10,11 @@ import math
 import os
 import textwrap
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
 from ..io import write_bytes_atomic
-from .names import GRAD_TERM_METHODS, METHOD_COLORS
 
 def figure(nrows: int, ncols: int, *, w: float = 4.2, h: float = 3.4):
     from matplotlib.figure import Figure  # object-oriented API: no pyplot, no global backend switch
@@ -54,19 +53,6 @@ def conv_title(convention: Optional[str | Mapping]) -> str:
     c = convention if isinstance(convention, Mapping) else dict(kv.split("=", 1) for kv in convention.split(";"))
     pos = c.get("positive", "id")
     return f"score higher = ID; {pos.upper()} = positive class, FPR95 rule: {c.get('fpr_rule', '?')}"
-
-
-def method_styles(methods: Iterable[str]) -> dict[str, dict]:
-    """Line style per method, the same in every figure: ``{"color", "ls"}`` from :data:`names.METHOD_COLORS`
-    (methods without one take the unused tab10 colours in name order); dashed for the methods with the gradient
-    term, so that a method drawn on top of its base (GReg over Energy) stays visible."""
-    used = set(METHOD_COLORS.values())
-    spare = iter(c for c in (f"C{i}" for i in range(10)) if c not in used)
-    out = {}
-    for m in sorted(dict.fromkeys(methods)):
-        color = METHOD_COLORS.get(m) or next(spare, "0.3")
-        out[m] = {"color": color, "ls": "--" if m in GRAD_TERM_METHODS else "-"}
-    return out
 
 
 def log_ticks(axis, *, numticks: int = 6) -> None:
