@@ -11,7 +11,7 @@ from greg_ood import pipeline, tracking
 from greg_ood.data import iter_eval
 from greg_ood.evaluation import forward_all
 from greg_ood.io import write_json_atomic, write_npz_atomic
-from greg_ood.report import plot_certify
+from greg_ood.report.fig_certify import plot_certify
 from greg_ood.scores import energy
 
 

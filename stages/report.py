@@ -1,9 +1,10 @@
-"""report (per suite): paper-style tables (Markdown, LaTeX, CSV), the paper's numbers side by side, the lambda_grad
-ablation and gradient-term ablation tables, paired per-seed differences, and figures, under reports/<suite>/."""
+"""report (per suite): paper-style tables (Markdown, LaTeX, CSV), the claims table with computed verdicts, the paper's
+numbers side by side, the lambda_grad ablation and gradient-term ablation tables, paired per-seed differences and
+figures under reports/<suite>/, and one summary metrics file per method under metrics/<suite>/summary/."""
 from __future__ import annotations
 
 from greg_ood import pipeline, tracking
-from greg_ood.report import build_suite_report
+from greg_ood.report.suite import build_suite_report
 
 
 def main() -> None:
@@ -23,7 +24,9 @@ def main() -> None:
             out_dir=P.report(args.suite), scores_dir=P.scores(args.suite, "x").parent,
             plots_dir=P.roc_all(args.suite, "x").parent.parent,
             train_csv_files=[P.train_csv(args.suite, e.name) for e in exps],
-            certify_files=sorted(P.certify(args.suite).glob("*.npz")))
+            certify_files=sorted(P.certify(args.suite).glob("*.npz")),
+            grad_pairs=cfg.suite(args.suite).grad_ablation.pairs,
+            summary_dir=P.root / "metrics" / args.suite / "summary")
         run.log_artifact(P.report(args.suite), "report")
         for k, v in written.items():
             print(f"{k}: {v}")

@@ -17,7 +17,7 @@ from greg_ood import data as D
 from greg_ood import pipeline, tracking
 from greg_ood.evaluation import forward_all
 from greg_ood.io import atomic_open, write_json_atomic
-from greg_ood.report import plot_selection
+from greg_ood.report.fig_selection import plot_selection
 from greg_ood.sampling import cluster_features, energy_cluster_select
 from greg_ood.scores import energy
 

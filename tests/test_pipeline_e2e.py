@@ -141,7 +141,8 @@ def test_tables_and_figures_exist(repo):
     assert (rep / "summary.md").exists()
     assert list(rep.glob("main*.md")) and list(rep.glob("main*.tex")) and list(rep.glob("main*.csv"))
     text = next(rep.glob("main.md")).read_text()
-    assert "fmnist_near" in text and "positive" in text.lower()
+    assert "Fashion-MNIST 6–9" in text and "positive" in text.lower()
+    assert "| C1 |" in (rep / "claims.md").read_text()
     assert list(rep.rglob("*.png"))
 
 

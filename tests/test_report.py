@@ -136,7 +136,7 @@ def test_main_table_mean_std_order_and_caption(tmp_path):
     assert greg[("", "ID acc. ↑")] == "90.00 ± 0.00"
     assert t.loc[("Small CNN", "OE")][("Mean", "FPR95 ↓")] == "40.00"  # one seed: no ±
     # headline set first and marked
-    assert t.columns[1] == ("fmnist_near (headline)", "FPR95 ↓")
+    assert t.columns[1] == ("Fashion-MNIST 6–9 (headline)", "FPR95 ↓")
     cap = t.attrs["caption"]
     for phrase in ("higher score = in-distribution", "ID = positive class", "closest to 95 %", "seeds",
                    "energy"):
@@ -230,7 +230,7 @@ def test_ablation_and_grad_ablation(tmp_path):
     lams = [lab for _, _, lab in t.index]
     assert lams == ["0", "1 (main)", "10"]
     assert t.loc[("Small CNN", "GReg", "1 (main)")][("Mean", "FPR95 ↓")] == "20.00 ± 10.00"
-    assert t.loc[("Small CNN", "GReg", "10")][("fmnist_near (headline)", "FPR95 ↓")] == "15.00 ± 0.00"
+    assert t.loc[("Small CNN", "GReg", "10")][("Fashion-MNIST 6–9 (headline)", "FPR95 ↓")] == "15.00 ± 0.00"
     g = R.grad_ablation_table(df, suite="mini")
     names = [m for _, m in g.index]
     assert names[:3] == ["OE", "OE + grad (λ_∇S = 1)", "Δ OE + grad − OE"]
@@ -246,7 +246,52 @@ def test_paired_differences(tmp_path):
     assert summ["Δ FPR95 (pts) ↓"] == "-20.00 ± 0.00 (3/3 wins)"
     # AUROC: greg 95/96/97 vs energy 90 → +5, +6, +7
     assert summ["Δ AUROC (pts) ↑"] == "+6.00 ± 1.00 (3/3 wins)"
-    assert "fmnist_near" in t.attrs["caption"]
+    assert "Fashion-MNIST 6–9" in t.attrs["caption"]
+
+
+def test_best_values_bold_and_aupr_columns(tmp_path):
+    df = R.load_results(write(tmp_path, mini_docs()))
+    t = R.main_table(df, suite="mini")
+    assert ("Mean", "AUPR-In ↑") in t.columns and ("Mean", "AUPR-Out ↑") in t.columns
+    bold = {(t.index[i][1], t.columns[j]) for i, j in t.attrs["bold"]}
+    assert ("GReg", ("Mean", "FPR95 ↓")) in bold  # 20 % < OE + grad 30 % < energy 40 %, OE 40 %
+    assert ("Energy", ("Mean", "FPR95 ↓")) not in bold
+    assert ("Energy", ("", "ID acc. ↑")) in bold  # 91 % vs 90 %
+    assert ("GReg", ("Mean", "AUPR-In ↑")) in bold and ("Energy", ("Mean", "AUPR-In ↑")) in bold  # a tie: all
+    md = R.table_to_markdown(t)
+    assert "| **20.00 ± 10.00** |" in md
+    assert r"\textbf{20.00 $\pm$ 10.00}" in R.table_to_latex(t)
+
+
+def test_ablation_lambda0_from_energy(tmp_path):
+    """Without λ = 0 ablation runs, λ = 0 is Energy's main runs on the ablation's seeds, labelled "0 (Energy)"."""
+    docs = [d for d in mini_docs() if not (d["group"] == "ablation" and d["lambda_grad"] == 0.0)]
+    t = R.ablation_table(R.load_results(write(tmp_path, docs)), suite="mini")
+    assert [lab for _, _, lab in t.index] == ["0 (Energy)", "1 (main)", "10"]
+    row = t.loc[("Small CNN", "GReg", "0 (Energy)")]
+    assert row[("", "n")] == "2" and row[("Mean", "FPR95 ↓")] == "35.00 ± 7.07"  # energy seeds 0, 1: 30 %, 40 %
+
+
+def test_summary_metrics_known_answers(tmp_path):
+    m = R.summary_metrics(R.load_results(write(tmp_path, mini_docs())), suite="mini", score="energy")
+    assert m["greg-small_cnn"] == {"n_seeds": 3, "headline_fpr95": 20.0, "headline_fpr95_std": 10.0,
+                                   "headline_auroc": 96.0, "headline_auroc_std": 1.0, "mean_fpr95": 20.0,
+                                   "mean_fpr95_std": 10.0, "mean_auroc": 96.0, "mean_auroc_std": 1.0,
+                                   "id_acc": 90.0, "id_acc_std": 0.0}
+    assert m["oe-small_cnn"]["mean_fpr95"] == 40.0 and m["oe-small_cnn"]["mean_fpr95_std"] is None  # one seed
+
+
+def test_curve_helpers_skip_missing_rows():
+    from greg_ood.report.fig_detection import tpr_at
+    from greg_ood.report.plotting import mean_band
+    # epoch-end rows carry no value: they are dropped, never averaged in as 0
+    x, m, sd, n = mean_band([10, 20, 20, 30], [1.0, np.nan, 3.0, np.nan])
+    assert x.tolist() == [10, 20] and m.tolist() == [1.0, 3.0] and n.tolist() == [1, 1]
+    x, m, sd, n = mean_band([10, 10, 20, 20], [1.0, 3.0, 2.0, 2.0])
+    assert m.tolist() == [2.0, 2.0] and sd[0] == pytest.approx(np.sqrt(2)) and sd[1] == 0.0
+    # a step ROC read at fixed FPR: the highest TPR reached at FPR ≤ x
+    got = tpr_at(np.array([0.0, 0.5, 0.5, 1.0]), np.array([0.0, 0.5, 0.9, 1.0]), np.array([0.25, 0.5, 0.75, 1.0]))
+    assert got.tolist() == [0.0, 0.9, 0.9, 1.0]
 
 
 # ---------------------------------------------------------------------------------------------------- writers
@@ -257,7 +302,7 @@ def test_latex_escaping_and_writers(tmp_path):
     tex = paths["tex"].read_text()
     assert "±" not in tex and r"$\pm$" in tex
     assert r"95 \%" in tex and "95 %" not in tex
-    assert r"fmnist\_near" in tex and "fmnist_near" not in tex
+    assert r"Fashion-MNIST 6--9" in tex and "–" not in tex
     assert r"\begin{tabular}" in tex and r"\multicolumn" in tex and r"\bottomrule" in tex
     assert R.latex_escape("a_b 5% & #1 ± 2") == r"a\_b 5\% \& \#1 $\pm$ 2"
     md = paths["md"].read_text()
@@ -286,10 +331,15 @@ def scores_npz(path: Path) -> Path:
 
 
 def train_csv(path: Path, growth: float) -> Path:
-    steps = np.arange(0, 200, 10)
+    """A training log like the trainer's: a row every 10 steps, and an epoch-end row holding only the ID test
+    accuracy (every other cell empty)."""
+    steps = np.arange(10, 210, 10)
     t = pd.DataFrame({"step": steps, "epoch": steps // 100, "lr": 0.1, "ce": np.exp(-steps / 100),
                       "energy": 0.5, "grad": "", "total": np.exp(-steps / 100) + 0.5, "active_frac": 0.3,
-                      "gradnorm_id": 1 + growth * steps, "gradnorm_aux": 1 + growth * steps / 2})
+                      "gradnorm_id": 1 + growth * steps, "gradnorm_aux": 1 + growth * steps / 2,
+                      "monitor_gradnorm_id": 1 + growth * steps, "monitor_gradnorm_aux": 2 + growth * steps,
+                      "id_test_acc": ""})
+    t = pd.concat([t, pd.DataFrame({"step": [200], "id_test_acc": [0.9]})], ignore_index=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     t.to_csv(path, index=False)
     return path
@@ -300,9 +350,10 @@ def test_figures_are_pngs(tmp_path):
     r2 = roc_json(tmp_path / "plots" / "b" / "roc.json", 0.1)
     assert is_png(R.plot_roc([r1, r2], tmp_path / "roc.png"))
     assert is_png(R.plot_score_histograms(scores_npz(tmp_path / "s.npz"), tmp_path / "hist.png"))
-    tr = [train_csv(tmp_path / "mini-energy-small_cnn-s0.train.csv", 0.5),
-          train_csv(tmp_path / "mini-greg-small_cnn-s0.train.csv", 0.01)]
-    assert is_png(R.plot_training_curves(tr, tmp_path / "train.png"))
+    curves = pd.concat([pd.read_csv(train_csv(tmp_path / f"{m}.csv", g)).assign(label=m, seed=0)
+                        for m, g in (("Energy", 0.5), ("GReg", 0.01))])
+    assert is_png(R.plot_training_curves(curves, tmp_path / "train.png"))
+    assert is_png(R.plot_gradnorm(curves, tmp_path / "gradnorm.png"))
     rng = np.random.default_rng(1)
     assert is_png(R.plot_selection(rng.normal(-5, 2, 1000), rng.normal(-3, 1, 100), [30, 50, 20],
                                    rng.integers(0, 255, (9, 8, 8, 3), dtype=np.uint8), tmp_path / "sel.png"))
@@ -330,13 +381,13 @@ def test_build_suite_report_writes_expected_files(tmp_path):
               scores_dir=tmp_path / "scores" / "mini", plots_dir=tmp_path / "plots" / "mini",
               train_csv_files=tr, certify_files=[cert.with_suffix(".json")])
     got = R.build_suite_report(**kw)
-    for stem in ("main", "main_msp", "ablation", "grad_ablation", "paired_differences"):
+    for stem in ("main", "main_per_set", "main_msp", "ablation", "grad_ablation", "paired_differences", "claims"):
         for ext in ("md", "tex", "csv"):
             assert (out / f"{stem}.{ext}").is_file(), f"{stem}.{ext}"
     assert "paper_comparison.md" not in got  # mini is not a paper suite
     for f in ("figures/roc_small_cnn.png", "figures/scores_mini-greg-small_cnn-s0.png",
-              "figures/training_curves_small_cnn.png", "figures/ablation.png",
-              "figures/certify_mini-greg-small_cnn-s0.png"):
+              "figures/training_curves_small_cnn.png", "figures/gradnorm_small_cnn.png", "figures/ablation.png",
+              "figures/certify_small_cnn-s0.png"):
         assert is_png(out / f), f
     summary = (out / "summary.md").read_text()
     assert "[main](main.md)" in summary and "figures/roc_small_cnn.png" in summary
