@@ -76,6 +76,8 @@ class Method:
     trained: bool = True
     #: the method this one adds the gradient penalty to (its partner in the "+ grad" ablation), if any
     adds_penalty_to: Optional[str] = None
+    #: line colour in every figure (matplotlib colour); methods with the gradient term are drawn dashed
+    color: str = "0.3"
 
     def __post_init__(self):
         unknown = [t for t in self.terms if t not in TERMS]
@@ -101,21 +103,21 @@ _NO_GRAD_NO_ENERGY = {"loss": {"lambda_grad": 0.0, "lambda_energy": 0.0}}
 REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("ce", "CE (pretraining)", ("ce",), aux=False, trained=False),
     # Liu et al. 2020: energy-margin fine-tuning; the λ_∇ = 0 point of GReg's λ ablation
-    Method("energy", "Energy", ("ce", "energy"), settings=_NO_GRAD),
+    Method("energy", "Energy", ("ce", "energy"), settings=_NO_GRAD, color="tab:blue"),
     # Hendrycks et al. 2019: outlier exposure (uniform posterior on the outliers)
-    Method("oe", "OE", ("ce", "oe"), settings=_NO_GRAD_NO_ENERGY),
+    Method("oe", "OE", ("ce", "oe"), settings=_NO_GRAD_NO_ENERGY, color="tab:green"),
     # the paper's "OE + grad" ablation; the combination (GReg's energy penalty with the same margins, added to OE) is
     # this project's construction: the paper does not say how it combined them
     Method("oe_grad", "OE + grad", ("ce", "oe", "grad"), settings={"loss": {"lambda_energy": 0.0}},
-           adds_penalty_to="oe"),
+           adds_penalty_to="oe", color="tab:olive"),
     # Jiang et al. 2024: K+1 outputs, outliers trained into the absent class, one-way clustered picks from rank 16,
     # detection by the absent-class probability
     Method("dos", "DOS", ("ce", "abs"), selection=Selection("absent"), extra_outputs=1,
            detection_score="absent_class",
-           settings={**_NO_GRAD_NO_ENERGY, "sampling": {"start": 16, "two_way": False}}),
+           settings={**_NO_GRAD_NO_ENERGY, "sampling": {"start": 16, "two_way": False}}, color="tab:purple"),
     # Sharifi et al. 2024: energy loss plus the gradient penalty; GReg+ adds the energy-based cluster sampling
-    Method("greg", "GReg", ("ce", "energy", "grad"), adds_penalty_to="energy"),
-    Method("greg_plus", "GReg+", ("ce", "energy", "grad"), selection=Selection("energy")),
+    Method("greg", "GReg", ("ce", "energy", "grad"), adds_penalty_to="energy", color="tab:red"),
+    Method("greg_plus", "GReg+", ("ce", "energy", "grad"), selection=Selection("energy"), color="tab:orange"),
 )}
 
 #: every method name (the built-in table)

@@ -6,14 +6,13 @@ report before anyone names it here.
 """
 from __future__ import annotations
 
-#: training methods in the order of the paper's tables
-METHOD_ORDER = ("energy", "oe", "oe_grad", "dos", "greg", "greg_plus")
-METHOD_NAMES = {"energy": "Energy", "oe": "OE", "oe_grad": "OE + grad", "dos": "DOS", "greg": "GReg",
-                "greg_plus": "GReg+"}
-#: one colour per method in every figure; methods with the gradient term are drawn dashed
-METHOD_COLORS = {"pretrained": "0.45", "energy": "tab:blue", "oe": "tab:green", "oe_grad": "tab:olive",
-                 "dos": "tab:purple", "greg": "tab:red", "greg_plus": "tab:orange"}
-GRAD_TERM_METHODS = ("oe_grad", "greg", "greg_plus")
+from .. import registry
+
+#: training methods in table order, their names, colours and "+ grad" pairs come from the method registry (the one
+#: place a method is declared); the constants below are the built-in table, the functions read the live registry
+METHOD_ORDER = registry.ORDER
+METHOD_NAMES = {m: registry.display_name(m) for m in registry.ORDER}
+PRETRAINED_COLOR = "0.45"
 #: rows that are not fine-tuning methods and come first in the main tables (a results file whose ``method`` is
 #: ``pretrained`` — the pretrained model scored without fine-tuning — is shown as the baseline row)
 BASELINE_ORDER = ("pretrained",)
@@ -37,7 +36,7 @@ METRIC_NAMES = {"fpr95": "FPR95 ↓", "auroc": "AUROC ↑", "aupr_in": "AUPR-In 
                 "id_accuracy": "ID acc. ↑"}
 LOWER_IS_BETTER = {"fpr95"}
 #: (without, with the gradient term): the method a gradient-regularised one reduces to at λ_∇S = 0
-GRAD_PAIRS = (("oe", "oe_grad"), ("energy", "greg"))
+GRAD_PAIRS = tuple(registry.penalty_pairs())
 MEAN = "mean"  # reserved ood_set name of the unweighted mean over OOD sets
 
 
@@ -45,8 +44,9 @@ def method_key(m: str) -> tuple:
     """Sort key: baseline rows, then the paper's method order, then unknown methods by name."""
     if m in BASELINE_ORDER:
         return (0, BASELINE_ORDER.index(m), m)
-    if m in METHOD_ORDER:
-        return (1, METHOD_ORDER.index(m), m)
+    order = registry.trained()
+    if m in order:
+        return (1, order.index(m), m)
     return (2, 0, m)
 
 
@@ -55,7 +55,21 @@ def arch_key(a: str) -> tuple:
 
 
 def method_name(m: str) -> str:
-    return METHOD_NAMES.get(m) or BASELINE_NAMES.get(m, m)
+    return BASELINE_NAMES.get(m) or registry.display_name(m)
+
+
+def method_color(m: str) -> str:
+    """The method's colour in every figure (the registry's; the pretrained baseline grey)."""
+    if m in BASELINE_ORDER:
+        return PRETRAINED_COLOR
+    entry = registry.REGISTRY.get(m)
+    return entry.color if entry is not None else "0.3"
+
+
+def has_grad_term(m: str) -> bool:
+    """Whether the method trains with the gradient penalty (drawn dashed)."""
+    entry = registry.REGISTRY.get(m)
+    return entry is not None and entry.has_penalty
 
 
 def arch_name(a: str) -> str:

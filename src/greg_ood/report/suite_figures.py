@@ -13,21 +13,16 @@ from .fig_certify import CertifyRun, plot_certify_runs
 from .fig_detection import plot_roc, plot_score_histograms
 from .fig_training import plot_gradnorm, plot_training_curves
 from .loading import load_certify, load_certify_meta, load_train_curves
-from .names import (GRAD_TERM_METHODS, MEAN, METHOD_COLORS, arch_key, arch_name, method_key, method_name, score_name,
+from .names import (MEAN, arch_key, arch_name, has_grad_term, method_color, method_key, method_name, score_name,
                     set_name)
 
 
 def method_styles(methods: Iterable[str]) -> dict[str, dict]:
-    """Line style per method, the same in every figure: ``{"color", "ls"}`` from :data:`names.METHOD_COLORS`
-    (methods without one take the unused tab10 colours in name order); dashed for the methods with the gradient
-    term, so that a method drawn on top of its base (GReg over Energy) stays visible."""
-    used = set(METHOD_COLORS.values())
-    spare = iter(c for c in (f"C{i}" for i in range(10)) if c not in used)
-    out = {}
-    for m in sorted(dict.fromkeys(methods)):
-        color = METHOD_COLORS.get(m) or next(spare, "0.3")
-        out[m] = {"color": color, "ls": "--" if m in GRAD_TERM_METHODS else "-"}
-    return out
+    """Line style per method, the same in every figure: ``{"color", "ls"}`` with the registry's colour; dashed for
+    the methods with the gradient term, so that a method drawn on top of its base (GReg over Energy) stays
+    visible."""
+    return {m: {"color": method_color(m), "ls": "--" if has_grad_term(m) else "-"}
+            for m in sorted(dict.fromkeys(methods))}
 
 
 def _main_runs(df: pd.DataFrame, primary: str) -> pd.DataFrame:
