@@ -20,7 +20,7 @@ from .registry import TrainMethod
 
 ARCHS = ("small_cnn", "wrn40_2", "densenet100", "densenet101", "resnet18", "densenet121")
 SCORES = ("energy", "msp", "max_logit", "odin", "mahalanobis", "absent_class")
-SUITES = ("mini", "cifar10", "cifar100", "imagenet")
+SUITES = ("mini", "fmnist", "cifar10", "cifar100", "imagenet")
 
 
 class ConfigError(ValueError):
