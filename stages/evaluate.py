@@ -17,7 +17,8 @@ def main() -> None:
     P = pipeline.paths(cfg)
     sd = pipeline.suite_data(cfg, args.suite, aux=False, ood=True)
     model = pipeline.load_model(P.model(args.suite, exp.name),
-                                pipeline.build_model(cfg, args.suite, args.arch, args.method), device)
+                                pipeline.build_model(cfg, args.suite, args.arch, args.method), device,
+                                stage=pipeline.train_stage(exp))
     # DOS detects with its absent-class output; every other method with the suite's primary score
     primary = "absent_class" if args.method == "dos" else ev.primary
     with tracking.stage_run("evaluate", f"evaluate@{exp.name}", suite=args.suite,
@@ -54,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    pipeline.run_stage(main)

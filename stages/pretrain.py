@@ -19,10 +19,10 @@ def main() -> None:
         cfg, name=name, stage="pretrain", suite=args.suite, model=model, method="ce", tcfg=pc, seed=pc.seed,
         id_source=src, aux_source=None, device=device, sd=sd,
         ckpt_path=P.pretrain_checkpoint(args.suite, args.arch), out_path=P.pretrained(args.suite, args.arch),
-        csv_path=P.pretrain_csv(args.suite, args.arch),
+        csv_path=P.pretrain_csv(args.suite, args.arch), inputs=pipeline.input_hashes(cfg, [s.data.id.dataset]),
         params={"suite": args.suite, "arch": args.arch, "pretrain": pc.model_dump()},
         meta={"suite": args.suite, "arch": args.arch, "method": "ce", "num_classes": s.num_classes})
 
 
 if __name__ == "__main__":
-    main()
+    pipeline.run_stage(main)

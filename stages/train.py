@@ -27,9 +27,11 @@ def main() -> None:
             pipeline.init_runtime(cfg, args.seed)
         P = pipeline.paths(cfg)
         sd = pipeline.suite_data(cfg, args.suite, aux=True, ood=False)
+        d = cfg.suite(args.suite).data
         model = pipeline.build_model(cfg, args.suite, args.arch, args.method)
         if t.init == "pretrained":
-            pipeline.load_model(P.pretrained(args.suite, args.arch), model, device)
+            pipeline.load_model(P.pretrained(args.suite, args.arch), model, device,
+                                stage=f"pretrain_{args.suite}@{args.arch}")
         model = model.to(device)
         sel = P.selection(args.suite, args.arch) / "indices.npy"
         indices = np.load(sel) if sel.exists() else None
@@ -46,6 +48,8 @@ def main() -> None:
             seed=args.seed, id_source=src, aux_source=aux, device=device, sd=sd,
             ckpt_path=P.checkpoint(args.suite, exp.name), out_path=P.model(args.suite, exp.name),
             csv_path=P.train_csv(args.suite, exp.name), channel_std=list(sd.std), distributed=dist,
+            inputs=pipeline.input_hashes(cfg, [d.id.dataset, d.aux.dataset],
+                                         [sel, P.pretrained(args.suite, args.arch)]),
             params={"suite": args.suite, "method": args.method, "arch": args.arch, "seed": args.seed,
                     "group": exp.group, "train": t.model_dump(), "aux_pool": n_aux},
             meta={"suite": args.suite, "method": args.method, "arch": args.arch, "seed": args.seed,
@@ -53,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    pipeline.run_stage(main)

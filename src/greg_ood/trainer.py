@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from . import methods as M
-from .io import atomic_open
+from .io import checked_open, verify_checksum
+from .runguard import IntegrityError, StageKilled, stop_requested
 from .config import CLUSTER_METHODS, TrainCfg, PretrainCfg
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -120,13 +121,29 @@ def lr_multiplier(cfg, base_lr: float, steps_per_epoch: int, epochs: int) -> Cal
 
 # ------------------------------------------------------------------------------------------------------ checkpoint
 def save_atomic(obj: dict, path: Path) -> None:
-    """``torch.save`` through :func:`greg_ood.io.atomic_open` (temporary file, fsync, rename, folder fsync)."""
-    with atomic_open(path) as f:
+    """``torch.save`` through :func:`greg_ood.io.checked_open` (temporary file, fsync, rename, folder fsync), with
+    its sha256 recorded in the ``<name>.sha256`` sidecar."""
+    with checked_open(path) as f:
         torch.save(obj, f)
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_verified(path: Path, map_location="cpu", *, required: bool = True, fix: str = "") -> dict:
+    """:func:`load_checkpoint` after checking the file against its sha256 sidecar (:func:`save_atomic`).
+
+    Raises :class:`~greg_ood.runguard.IntegrityError` naming the file, what is wrong and ``fix`` when the checksum
+    differs (or is missing while ``required``) or torch cannot read the file."""
+    path = Path(path)
+    problem = verify_checksum(path, required=required)
+    if problem is None:
+        try:
+            return load_checkpoint(path, map_location=map_location)
+        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same named error
+            problem = f"unreadable ({str(e).splitlines()[0][:200]})"
+    raise IntegrityError(f"{path}: {problem}" + (f"; {fix}" if fix else ""))
 
 
 def load_weights(model: torch.nn.Module, state: dict, *, extend_head: bool = True) -> dict[str, list[str]]:
@@ -191,8 +208,9 @@ class Trainer:
                  config_hash: str = "", channel_std=None, log: Optional[LogFn] = None, log_every: int = 10,
                  epoch_end: Optional[Callable[[int, dict], dict]] = None, extra_state: Optional[dict] = None,
                  distributed=None, on_save: Optional[Callable[[], None]] = None,
-                 progress: Optional[Callable[[int, int], None]] = None):
+                 progress: Optional[Callable[[int, int], None]] = None, resume: bool = True):
         self.model = model
+        self.resume = resume  # False: never continue from ckpt_path (the caller decided to start over)
         self.method = method
         self.cfg = cfg
         self.id_source = id_source
@@ -257,8 +275,19 @@ class Trainer:
         if self.on_save is not None:
             self.on_save()
 
+    def _stop_if_requested(self, epoch: int, step: int, saved: bool = False) -> None:
+        """After a SIGTERM/SIGINT (see :func:`greg_ood.runguard.graceful_stop`): save the position reached, then
+        raise :class:`~greg_ood.runguard.StageKilled`. Single-process only: under DDP the ranks could see the signal
+        at different steps, so there the signal stops the run at once (the last periodic checkpoint stays)."""
+        signum = stop_requested()
+        if signum is None or self.dist is not None:
+            return
+        if not saved:
+            self.save(epoch, step)
+        raise StageKilled(signum)
+
     def try_resume(self) -> Optional[tuple[int, int]]:
-        if self.ckpt_path is None or not self.ckpt_path.exists():
+        if not self.resume or self.ckpt_path is None or not self.ckpt_path.exists():
             return None
         ck = load_checkpoint(self.ckpt_path, map_location=self.device)
         if ck.get("config_hash") != self.config_hash or ck.get("method") != self.method:
@@ -270,7 +299,7 @@ class Trainer:
         self.global_step = int(ck["global_step"])
         _set_rng_state(ck["rng"])
         loaded = dict(ck.get("extra", {}))
-        loaded.pop("pending", None)  # rows the caller published at resume; keep the caller's live list
+        loaded.pop("history", None)  # the caller restored the metric log from this checkpoint; keep its live list
         self.extra_state.update(loaded)
         return int(ck["epoch"]), int(ck["step"])
 
@@ -359,12 +388,15 @@ class Trainer:
                 done_steps = step + 1
                 if self.global_step % self.cfg.checkpoint_every == 0 and done_steps < self.steps_per_epoch:
                     self.save(epoch, done_steps)
+                if done_steps < self.steps_per_epoch:
+                    self._stop_if_requested(epoch, done_steps)
             epoch_logs: dict = {"epoch": epoch}
             if self.epoch_end is not None:
                 epoch_logs.update(self.epoch_end(epoch, epoch_logs) or {})
                 model.train()
             self.log({k: v for k, v in epoch_logs.items() if k != "epoch"}, self.global_step)
             self.save(epoch + 1, 0)
+            self._stop_if_requested(epoch + 1, 0, saved=True)
         return FitResult(steps=self.global_step, epochs=self.cfg.epochs, resumed_from=resumed,
                          seconds=time.time() - t0, last_logs={k: float(v) for k, v in logs.items() if _is_number(v)})
 
