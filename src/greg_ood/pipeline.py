@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import traceback
@@ -179,16 +180,20 @@ def run_stage(main: Callable[[], None], argv: Optional[list[str]] = None) -> Non
     except runguard.StageKilled as e:
         print(f"error: {e}; the last checkpoint is kept, re-run to continue", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
-    except (runguard.StageError, tracking.TrackingError, D.PreparedDataError, C.ConfigError, PermissionError) as e:
+    except (runguard.StageError, tracking.TrackingError, D.PreparedDataError, C.ConfigError, OSError) as e:
+        if isinstance(e, OSError) and e.errno not in _UNWRITABLE:
+            raise
         if verbose:
             traceback.print_exc()
         print(f"error: {_one_line(e)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
 def _one_line(e: BaseException) -> str:
-    if isinstance(e, PermissionError):
-        where = e.filename or "a file"
-        return (f"{where}: permission denied ({e.strerror}); make that folder writable, or point project.data_dir "
-                "(params.yaml) at a writable folder for the data")
+    if isinstance(e, OSError) and e.errno in _UNWRITABLE:
+        return (f"{e.filename or 'a file'}: cannot write there ({e.strerror}); make that folder writable, or point "
+                "project.data_dir (params.yaml) at a writable folder for the data")
     return str(e)

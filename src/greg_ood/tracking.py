@@ -95,8 +95,8 @@ def make_client(uri: Optional[str] = None):
 
     uri = uri or tracking_uri()
     with _store_lock(uri):
-        client = MlflowClient(uri)
         try:
+            client = MlflowClient(uri)
             _retry(client.search_experiments, max_results=1)
         except Exception as e:  # noqa: BLE001 - a broken local store gets a message naming the file
             if not uri.startswith("sqlite:///"):
@@ -251,12 +251,9 @@ def stage_run(stage: str, run_name: str, *, suite: str, params: Optional[dict] =
     """Open (or resume) the MLflow run of one stage execution; mark it FAILED/KILLED on error or interrupt.
     ``on_open(run_id)`` runs as soon as the run exists (to record its id before anything else happens)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    import mlflow
-
     uri = tracking_uri()
     check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
-    client = make_client(uri)
+    client = make_client(uri)  # explicit client: mlflow.set_tracking_uri would pin the URI in os.environ
     root = _local_root(uri)
     run_id = None
     if resume_run_id:
