@@ -12,6 +12,7 @@ signal) loses a row the last good checkpoint covers. One process at a time train
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 from pathlib import Path
@@ -88,7 +89,9 @@ def run_training(cfg, *, name: str, stage: str, suite: str, model, method: str, 
                                        "fingerprint": fp},
                           distributed=distributed, on_save=on_save, progress=bar.update_to if is_main else None,
                           resume=plan.resume)
-        with bar, runguard.graceful_stop():
+        # single process: a SIGTERM/SIGINT saves at the next step boundary; under DDP it stops every rank at once
+        stopper = runguard.graceful_stop() if distributed is None else contextlib.nullcontext()
+        with bar, stopper:
             result = trainer.fit()
         on_save()
         if is_main:

@@ -5,8 +5,8 @@ Determinism / resume. Every random choice in a step is a pure function of ``(see
 sources derive their permutations and augmentations that way, and the sampler's generator is seeded from the same
 tuple (:func:`step_generator`). A checkpoint therefore only needs the model, optimiser, scheduler, the position
 ``(epoch, step)`` and the global torch RNG (for anything else that draws from it); a resumed run replays the identical
-remaining steps. Checkpoints are written atomically (temporary file, fsync, rename) and loaded with
-``weights_only=True``.
+remaining steps. Checkpoints are written atomically (temporary file, fsync, rename) with a sha256 sidecar, and loaded
+with ``weights_only=True``. After SIGTERM/SIGINT (single process) the loop saves the position reached, then stops.
 
 The trainer has no MLflow dependency: it reports through the ``log`` callback given by the stage.
 """
