@@ -99,6 +99,7 @@ def choose_run(p: Plan, ckpt_path: Path, digest: str) -> Optional[str]:
 
     Continued: the checkpoint's run when resuming; else the recorded run when it has the same fingerprint, logged no
     metric yet and did not finish (a kill before the first checkpoint)."""
+    tracking.check_reachable()  # fail fast (before any store query) when a configured server does not answer
     rec = read_record(ckpt_path)
     chosen = p.run_id if p.resume else None
     if not p.resume and rec.get("run_id") and rec.get("fingerprint") == digest and \
