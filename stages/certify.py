@@ -33,7 +33,8 @@ def main() -> None:
         for method in cc.methods:
             exp = cfg.experiment(args.suite, method, arch, seed)
             model = pipeline.load_model(P.model(args.suite, exp.name),
-                                        pipeline.build_model(cfg, args.suite, arch, method), device)
+                                        pipeline.build_model(cfg, args.suite, arch, method), device,
+                                        stage=pipeline.train_stage(exp))
             e_id, _ = forward_all(model, sd.id_test.images, mean=sd.mean, std=sd.std, device=device)
             gamma = float(CT.threshold_at_tpr(energy(e_id), tpr=s.eval.tpr))
             norms, radii = {}, {}
@@ -61,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    pipeline.run_stage(main)

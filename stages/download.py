@@ -5,16 +5,18 @@ import argparse
 import json
 
 from greg_ood import data, pipeline, tracking
+from greg_ood.runguard import StageError
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("dataset", help="dataset name (a key of `datasets` in params.yaml)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show the traceback with an error")
     args = ap.parse_args()
     pipeline.setup_logging()
     cfg = pipeline.load_config()
     if args.dataset not in data.DATASETS:
-        raise SystemExit(f"error: unknown dataset {args.dataset!r}; known: {sorted(data.DATASETS)}")
+        raise StageError(f"unknown dataset {args.dataset!r}; known: {sorted(data.DATASETS)}")
     opts = cfg.dataset_options(args.dataset)
     with tracking.stage_run("download", f"download@{args.dataset}", suite="data", params={"options": opts},
                             experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:
@@ -24,4 +26,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    pipeline.run_stage(main)

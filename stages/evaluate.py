@@ -17,7 +17,8 @@ def main() -> None:
     P = pipeline.paths(cfg)
     sd = pipeline.suite_data(cfg, args.suite, aux=False, ood=True)
     model = pipeline.load_model(P.model(args.suite, exp.name),
-                                pipeline.build_model(cfg, args.suite, args.arch, args.method), device)
+                                pipeline.build_model(cfg, args.suite, args.arch, args.method), device,
+                                stage=pipeline.train_stage(exp))
     # the method's own detection score (DOS: its absent-class output), else the suite's primary score
     primary = registry.get(args.method).detection_score or ev.primary
     with tracking.stage_run("evaluate", f"evaluate@{exp.name}", suite=args.suite,
@@ -53,4 +54,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    pipeline.run_stage(main)

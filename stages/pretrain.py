@@ -21,9 +21,9 @@ def main() -> None:
         params={"suite": args.suite, "arch": args.arch, "pretrain": pc.model_dump()},
         meta={"suite": args.suite, "arch": args.arch, "method": "ce", "num_classes": s.num_classes},
         ckpt_path=P.pretrain_checkpoint(args.suite, args.arch), out_path=P.pretrained(args.suite, args.arch),
-        csv_path=P.pretrain_csv(args.suite, args.arch))
+        csv_path=P.pretrain_csv(args.suite, args.arch), inputs=pipeline.input_hashes(cfg, [s.data.id.dataset]))
     run_training(cfg, Job("ce", pc, pc.seed), model, Sources(src), record, sd=sd, device=device)
 
 
 if __name__ == "__main__":
-    main()
+    pipeline.run_stage(main)

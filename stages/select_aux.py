@@ -32,7 +32,8 @@ def main() -> None:
     P = pipeline.paths(cfg)
     sd = pipeline.suite_data(cfg, args.suite, aux=True, ood=True)
     model = pipeline.load_model(P.pretrained(args.suite, args.arch),
-                                pipeline.build_model(cfg, args.suite, args.arch, "ce"), device)
+                                pipeline.build_model(cfg, args.suite, args.arch, "ce"), device,
+                                stage=f"pretrain_{args.suite}@{args.arch}")
     out = P.selection(args.suite, args.arch)
     with tracking.stage_run("select", f"select@{args.suite}-{args.arch}", suite=args.suite,
                             params={"select": sc.model_dump(), "arch": args.arch},
@@ -80,4 +81,4 @@ def _stats(x: np.ndarray) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    pipeline.run_stage(main)

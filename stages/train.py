@@ -28,9 +28,11 @@ def main() -> None:
             pipeline.init_runtime(cfg, args.seed)
         P = pipeline.paths(cfg)
         sd = pipeline.suite_data(cfg, args.suite, aux=True, ood=False)
+        d = cfg.suite(args.suite).data
         model = pipeline.build_model(cfg, args.suite, args.arch, args.method)
         if t.init == "pretrained":
-            pipeline.load_model(P.pretrained(args.suite, args.arch), model, device)
+            pipeline.load_model(P.pretrained(args.suite, args.arch), model, device,
+                                stage=f"pretrain_{args.suite}@{args.arch}")
         model = model.to(device)
         sel = P.selection(args.suite, args.arch) / "indices.npy"
         indices = np.load(sel) if sel.exists() else None
@@ -49,10 +51,12 @@ def main() -> None:
             meta={"suite": args.suite, "method": args.method, "arch": args.arch, "seed": args.seed,
                   "group": exp.group, "experiment": exp.name},
             ckpt_path=P.checkpoint(args.suite, exp.name), out_path=P.model(args.suite, exp.name),
-            csv_path=P.train_csv(args.suite, exp.name))
+            csv_path=P.train_csv(args.suite, exp.name),
+            inputs=pipeline.input_hashes(cfg, [d.id.dataset, d.aux.dataset],
+                                         [sel, P.pretrained(args.suite, args.arch)]))
         run_training(cfg, Job(args.method, t, args.seed, channel_std=list(sd.std)), model, Sources(src, aux), record,
                      sd=sd, device=device, distributed=dist)
 
 
 if __name__ == "__main__":
-    main()
+    pipeline.run_stage(main)

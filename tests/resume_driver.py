@@ -1,12 +1,17 @@
 """A real training process for the resume tests: GReg+ (clustering + penalty) on small synthetic arrays, through the
 same run_training used by the train stage (atomic checkpoints, MLflow SQLite run, CSV curve).
 
-usage: python resume_driver.py WORKDIR [--steps-per-epoch N] [--epochs E] [--slow SECONDS]
+usage: python resume_driver.py WORKDIR [--steps-per-epoch N] [--epochs E] [--slow SECONDS] [--crash-at STEP]
+                                [--lr LR]
+
+``--crash-at k`` sends the process SIGKILL inside its k-th training step (counted in this process); ``--lr``
+overrides the learning rate (a params change). It runs under ``pipeline.run_stage`` like a stage script.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -20,6 +25,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--steps-per-epoch", type=int, default=12)
     ap.add_argument("--slow", type=float, default=0.0, help="sleep per step (gives the killer room)")
+    ap.add_argument("--crash-at", type=int, default=0, help="SIGKILL itself inside this step of this process")
+    ap.add_argument("--lr", type=float, default=None)
     args = ap.parse_args()
     wd = Path(args.workdir)
     os.chdir(wd)
@@ -29,12 +36,18 @@ def main() -> None:
     from greg_ood import methods as M
     from greg_ood.runlog import RunRecord, run_training
     from greg_ood.trainer import Job, Sources
-    from greg_ood.pipeline import SuiteData
+    from greg_ood.pipeline import SuiteData, setup_logging
 
-    if args.slow:
+    setup_logging()
+
+    if args.slow or args.crash_at:
         orig = M.training_step
+        count = [0]
 
         def slow_step(*a, **k):
+            count[0] += 1
+            if count[0] == args.crash_at:
+                os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(args.slow)
             return orig(*a, **k)
         M.training_step = slow_step
@@ -42,6 +55,8 @@ def main() -> None:
     cfg = C.load(wd / "params.yaml")
     tcfg = cfg.train_cfg("mini", "greg_plus").model_copy(update={
         "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "checkpoint_every": 3, "gradnorm_every": 4})
+    if args.lr is not None:
+        tcfg = tcfg.model_copy(update={"optimizer": tcfg.optimizer.model_copy(update={"lr": args.lr})})
     trainer.set_determinism(0, True, 1)
     rng = np.random.RandomState(0)
     x_id = rng.randint(0, 256, size=(512, 28, 28, 1)).astype(np.uint8)
@@ -64,4 +79,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from greg_ood.pipeline import run_stage
+
+    run_stage(main)

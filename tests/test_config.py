@@ -63,12 +63,24 @@ BAD = [
     (_set("sutes", {}), ["sutes", "suites"]),
     (_set("suites.mini.data.id", _DEL), ["suites.mini.data.id", "Field required"]),
     (_set("suites.mini.certify.methods", ["oe_grad", "greg_plus", "dos", "gregplus"]), ["certify.methods"]),
+    # strict types: no bool -> int, no float or string -> int; finite floats only
+    (_set("suites.mini.train.batch_size", True), ["suites.mini.train.batch_size", "valid integer", "True"]),
+    (_set("suites.mini.train.epochs", 10.0), ["suites.mini.train.epochs", "valid integer"]),
+    (_set("suites.mini.pretrain.batch_size", "128"), ["suites.mini.pretrain.batch_size", "valid integer"]),
+    (_set("suites.mini.train.optimizer.lr", float("inf")), ["suites.mini.train.optimizer.lr", "finite"]),
+    (_set("suites.mini.train.loss.lambda_grad", float("nan")), ["suites.mini.train.loss.lambda_grad", "finite"]),
+    (_set("suites.mini.method_params.greg", {"optimizer": {"lr": float("inf")}}), ["method_params.greg", "finite"]),
+    # "did you mean" under arch_options and datasets too
+    (_set("suites.mini.arch_options", {"small_cnn": {"widht": [8]}}), ["arch_options.small_cnn", "'widths'"]),
+    (_set("suites.mini.arch_options", {"smal_cnn": {}}), ["arch_options", "did you mean 'small_cnn'"]),
+    (_set("datasets.skimage_crops", {"cout": 10}), ["datasets", "did you mean 'count'"]),
+    (_set("datasets.fashion_mnst", {}), ["datasets", "did you mean 'fashion_mnist'"]),
 ]
 
 
 def test_default_params_are_valid():
     cfg = C.load(ROOT / "params.yaml")
-    assert set(cfg.params.suites) == {"mini", "cifar10", "cifar100", "imagenet"}
+    assert set(cfg.params.suites) == {"mini", "fmnist", "cifar10", "cifar100", "imagenet"}
     # method defaults: energy fine-tuning is GReg with lambda_grad = 0; GReg keeps the paper's lambda = 1
     assert cfg.train_cfg("mini", "energy").loss.lambda_grad == 0
     assert cfg.train_cfg("cifar10", "greg").loss.lambda_grad == 1.0

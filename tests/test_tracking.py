@@ -1,10 +1,15 @@
 """MLflow tracking against a real SQLite store: run naming/tags, resume of the same run, concurrent writers lose no
-metric point, an unreachable server fails at start."""
+metric point, an unreachable server fails at start, a copied clone never writes into the original's artifact folder,
+a corrupt store is named with the fix."""
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +102,48 @@ def test_repo_root_escapes_dvc_experiment_copies(tmp_path):
     inner = tmp_path / ".dvc" / "tmp" / "exps" / "run" / "abc123"
     inner.mkdir(parents=True)
     assert tracking.repo_root(inner) == tmp_path
+
+
+def test_copied_clone_never_writes_into_the_original(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "dvc.yaml").write_text("stages: {}\n")
+    (a / "curve.csv").write_text("from a\n")
+    monkeypatch.chdir(a)
+    with tracking.stage_run("train", "train@x", suite="mini") as run:
+        run.log_artifact(a / "curve.csv", "curves")
+        rid = run.run_id
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    (b / "curve.csv").write_text("from b\n")
+    monkeypatch.chdir(b)
+    for resume in (rid, None):  # continuing the copied run, and opening a new run in the copied experiment
+        with pytest.raises(tracking.TrackingError, match="outside this clone") as ei:
+            with tracking.stage_run("train", "train@x", suite="mini", resume_run_id=resume):
+                pytest.fail("must not run against another clone's artifact folder")
+        assert "python -m greg_ood.tracking relocate" in str(ei.value) and str(a) in str(ei.value)
+    r = subprocess.run([sys.executable, "-m", "greg_ood.tracking", "relocate"], cwd=b, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    resume = ("import sys; from greg_ood import tracking\n"
+              "with tracking.stage_run('train', 'train@x', suite='mini', resume_run_id=sys.argv[1]) as run:\n"
+              "    assert run.run_id == sys.argv[1]; run.log_artifact('curve.csv', 'curves')\n")
+    r = subprocess.run([sys.executable, "-c", resume, rid], cwd=b, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rel = Path("mlruns") / "greg-ood_mini" / rid / "artifacts" / "curves" / "curve.csv"
+    assert (a / rel).read_text() == "from a\n"
+    assert (b / rel).read_text() == "from b\n"
+    assert _client(f"sqlite:///{b / 'mlflow.db'}").get_run(rid).info.artifact_uri.startswith((b / "mlruns").as_uri())
+
+
+def test_corrupt_store_is_named_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "mlflow.db").write_bytes(b"this is not an SQLite file\n" * 200)
+    with pytest.raises(tracking.TrackingError) as ei:
+        with tracking.stage_run("train", "train@x", suite="mini"):
+            pytest.fail("the stage body must not run")
+    msg = str(ei.value)
+    assert str(tmp_path / "mlflow.db") in msg and f"mv {tmp_path / 'mlflow.db'}" in msg and "\n" not in msg

@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    #: strict: no silent coercion (``true`` is not the integer 1, ``"10"`` and ``10.0`` are not 10); finite floats only
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------------------- sections
@@ -257,6 +258,12 @@ class GradAblationCfg(_Model):
     #: pairs (method without, method with the gradient term) shown side by side in the report; default: registry
     pairs: list[tuple[TrainMethod, TrainMethod]] = Field(default_factory=registry.penalty_pairs)
 
+    @field_validator("pairs", mode="before")
+    @classmethod
+    def _pairs_from_yaml(cls, v):
+        """YAML has no tuples: a pair is written as a two-item list."""
+        return [tuple(p) if isinstance(p, list) else p for p in v] if isinstance(v, list) else v
+
 
 class CertifyCfg(_Model):
     methods: list[TrainMethod] = Field(default_factory=lambda: ["energy", "greg"])
@@ -291,9 +298,9 @@ class SuiteCfg(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> "SuiteCfg":
-        unknown = set(self.arch_options) - set(ARCHS)
-        if unknown:
-            raise ValueError(f"arch_options has unknown architectures {sorted(unknown)}; allowed: {list(ARCHS)}")
+        for arch, opts in self.arch_options.items():
+            _check_names("arch_options: unknown architecture", [arch], ARCHS)
+            _check_names(f"arch_options.{arch}: unknown option", opts, _arch_option_names(arch))
         unknown = set(self.method_params) - set(registry.trained())
         if unknown:
             raise ValueError(f"method_params has unknown methods {sorted(unknown)}; allowed: "
@@ -318,6 +325,16 @@ class Params(_Model):
     datasets: dict[str, dict[str, Any]] = Field(default_factory=dict)
     suites: dict[str, SuiteCfg]
 
+    @field_validator("datasets")
+    @classmethod
+    def _datasets(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from .data.sources import DATASETS, option_defaults
+
+        for name, opts in v.items():
+            _check_names("unknown dataset", [name], sorted(DATASETS))
+            _check_names(f"{name}: unknown option", opts or {}, sorted(option_defaults(DATASETS[name])))
+        return v
+
     @field_validator("suites")
     @classmethod
     def _suites(cls, v: dict[str, SuiteCfg]) -> dict[str, SuiteCfg]:
@@ -325,6 +342,30 @@ class Params(_Model):
         if bad:
             raise ValueError(f"unknown suites {sorted(bad)}; allowed: {list(SUITES)}")
         return v
+
+
+def _check_names(what: str, given, allowed) -> None:
+    """Raise ``what`` for the first name of ``given`` not in ``allowed``, with the closest allowed name if any."""
+    allowed = list(allowed)
+    for name in given:
+        if name not in allowed:
+            close = difflib.get_close_matches(str(name), allowed, n=1, cutoff=0.6)
+            hint = f" — did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{what} {name!r}{hint} Allowed: {', '.join(allowed) or '(none)'}.")
+
+
+def _arch_option_names(arch: str) -> list[str]:
+    """The keyword options an architecture's constructor takes (what ``arch_options.<arch>`` may set)."""
+    import inspect
+
+    from .models import REGISTRY
+
+    build = REGISTRY[arch]
+    if not isinstance(build, type):  # a factory function: the model class it constructs
+        build = next(build.__globals__[n] for n in build.__code__.co_names
+                     if isinstance(build.__globals__.get(n), type))
+    params = inspect.signature(build).parameters
+    return [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and n not in ("in_channels", "extra_outputs")]
 
 
 # ------------------------------------------------------------------------------------------------ resolved configs

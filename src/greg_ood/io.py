@@ -9,6 +9,7 @@ uninterrupted run.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -26,11 +27,6 @@ _TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
 def temp_name(path: Path) -> Path:
     """The temporary sibling used while ``path`` is being written (unique per process and call)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def is_temp_file(path: os.PathLike | str) -> bool:
-    """Whether ``path`` is named like a temporary file of :func:`atomic_open` (never a complete output)."""
-    return _TMP_RE.match(Path(path).name) is not None
 
 
 def pid_alive(pid: int) -> bool:
@@ -104,9 +100,11 @@ def fsync_dir(folder: os.PathLike | str) -> None:
 
 
 @contextmanager
-def atomic_open(path: os.PathLike | str, mode: str = "wb", **kw) -> Iterator:
+def atomic_open(path: os.PathLike | str, mode: str = "wb", *, before_replace: Optional[Callable[[Path], None]] = None,
+                **kw) -> Iterator:
     """Open a temporary sibling of ``path`` for writing; on a clean exit flush, fsync and rename it to ``path``.
-    On an exception the temporary file is removed and ``path`` is untouched."""
+    On an exception the temporary file is removed and ``path`` is untouched. ``before_replace(tmp)`` runs on the
+    complete temporary file just before the rename (e.g. to write its checksum first)."""
     if "r" in mode or "a" in mode or "+" in mode:
         raise ValueError(f"atomic_open is for writing a whole file, not mode {mode!r}")
     path = Path(path)
@@ -118,6 +116,8 @@ def atomic_open(path: os.PathLike | str, mode: str = "wb", **kw) -> Iterator:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -147,15 +147,47 @@ def write_npz_atomic(path, arrays: dict) -> None:
         np.savez_compressed(f, **arrays)
 
 
-def copy_atomic(src: os.PathLike | str, dest: os.PathLike | str, chunk: int = 1 << 20) -> Path:
-    """Copy ``src`` to ``dest`` atomically; returns ``dest``."""
-    with open(src, "rb") as fi, atomic_open(dest, "wb") as fo:
-        while True:
-            b = fi.read(chunk)
-            if not b:
-                break
-            fo.write(b)
-    return Path(dest)
+def sha256_of(path: os.PathLike | str) -> str:
+    """Hex sha256 of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def checksum_path(path: os.PathLike | str) -> Path:
+    """The checksum sidecar of ``path``: ``<name>.sha256`` next to it."""
+    return Path(path).with_name(Path(path).name + ".sha256")
+
+
+@contextmanager
+def checked_open(path: os.PathLike | str) -> Iterator:
+    """:func:`atomic_open` for binary writing that also records the file's sha256 in :func:`checksum_path`.
+
+    The sidecar (written atomically just before the data file is renamed into place) lists the new hash and the
+    hash of the file it replaces, so a kill between the two renames leaves a pair that still verifies."""
+    path = Path(path)
+
+    def record(tmp: Path) -> None:
+        previous = sha256_of(path) if path.exists() else None
+        write_json_atomic(checksum_path(path), {"file": path.name, "sha256": sha256_of(tmp), "previous": previous})
+
+    with atomic_open(path, "wb", before_replace=record) as f:
+        yield f
+
+
+def verify_checksum(path: os.PathLike | str, *, required: bool = True) -> Optional[str]:
+    """Why ``path`` does not match its sidecar written by :func:`checked_open` (a short reason), or None when it does.
+    A missing sidecar is a reason when ``required``, else None (nothing to check against)."""
+    side = checksum_path(path)
+    if not side.exists():
+        return f"no checksum file {side.name}" if required else None
+    try:
+        rec = json.loads(side.read_text())
+        expected = {rec["sha256"], rec.get("previous")} - {None}
+    except (ValueError, KeyError, TypeError):
+        return f"unreadable checksum file {side.name}"
+    if sha256_of(path) not in expected:
+        return f"sha256 differs from {side.name} (the file was changed or corrupted after it was written)"
+    return None
 
 
 def _default(o):

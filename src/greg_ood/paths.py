@@ -37,9 +37,6 @@ class Paths:
     def train_csv(self, suite: str, exp: str) -> Path:
         return self.root / "metrics" / suite / "train" / f"{exp}.train.csv"
 
-    def run_id_file(self, suite: str, exp: str) -> Path:
-        return self.root / "checkpoints" / suite / f"{exp}.mlflow_run_id"
-
     # evaluate
     def metrics(self, suite: str, exp: str) -> Path:
         """Small summary for `dvc metrics show` (mean FPR95 / AUROC / ID accuracy)."""

@@ -2,20 +2,23 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from . import config as C
 from . import data as D
-from . import models, registry
+from . import models, registry, runguard, tracking
+from .io import sha256_of
 from .paths import Paths
-from .trainer import load_checkpoint, load_weights, resolve_device, set_determinism
+from .trainer import load_verified, load_weights, resolve_device, set_determinism
 
 log = logging.getLogger("greg_ood")
 
@@ -30,6 +33,7 @@ def stage_cli(description: Optional[str], *, arch: bool = False, experiment: boo
     ``--lambda-grad`` for one experiment), set up logging and validate ``params.yaml`` (exit 2 naming the bad key)."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--suite", required=True)
+    ap.add_argument("-v", "--verbose", action="store_true", help="show the traceback with an error")
     if experiment:
         ap.add_argument("--method", required=True, choices=registry.trained())
     if arch or experiment:
@@ -106,13 +110,23 @@ def build_model(cfg: C.Config, suite: str, arch: str, method: str) -> torch.nn.M
                         extra_outputs=registry.get(method).extra_outputs, **kw)
 
 
-def load_model(path: Path, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Load a stage's weights file (``{"model": state_dict, ...}``) strictly, with weights_only=True."""
+def load_model(path: Path, model: torch.nn.Module, device: torch.device, *, stage: str = "") -> torch.nn.Module:
+    """Load a stage's weights file (``{"model": state_dict, ...}``) strictly, with weights_only=True, after checking
+    it against the checksum written with it (a file without one, e.g. fetched from the DVC cache, loads unchecked).
+    ``stage`` names the DVC stage that writes the file (for the fix in the error)."""
+    fix = f"re-run the stage that writes it (`dvc repro -f {stage or '<stage>'}`)"
     if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: model file missing; run the stage that produces it (`dvc repro`)")
-    ck = load_checkpoint(path, map_location="cpu")
+        raise runguard.StageError(f"{path}: model file missing; {fix}")
+    ck = load_verified(path, map_location="cpu", required=False, fix=fix)
     load_weights(model, ck["model"])
     return model.to(device)
+
+
+def train_stage(exp: C.Experiment) -> str:
+    """The DVC stage (matrix item) that trains ``exp`` (as dvc.yaml names it)."""
+    if exp.group == "ablation":
+        return f"train_{exp.suite}_ablation@{exp.label}-{exp.seed}"
+    return f"train_{exp.suite}@{exp.method}-{exp.arch}-{exp.seed}"
 
 
 def id_source(sd: SuiteData, cfg: C.Config, suite: str, *, batch_size: int, seed: int, device, augment=True):
@@ -145,5 +159,42 @@ def aux_source(sd: SuiteData, cfg: C.Config, suite: str, *, batch_size: int, see
                           crop_padding=a.crop_padding, flip=a.flip, seed=seed, stream="aux")
 
 
-def channel_std(sd: SuiteData) -> list:
-    return list(sd.std)
+def input_hashes(cfg: C.Config, datasets: list[str], files: list[Path] = ()) -> dict[str, str]:
+    """Content hashes of what a training stage reads: each prepared dataset's manifest (which lists the sha256 of its
+    arrays) and each given file (a missing file counts as absent). Part of the checkpoint fingerprint."""
+    ddir = Path(cfg.params.project.data_dir)
+    out = {f"dataset:{d}": tracking.params_hash(D.read_manifest(ddir, d)) for d in sorted(set(datasets))}
+    for f in files:
+        out[f"file:{Path(f).as_posix()}"] = sha256_of(f) if Path(f).is_file() else "absent"
+    return out
+
+
+def run_stage(main: Callable[[], None], argv: Optional[list[str]] = None) -> None:
+    """Run a stage's ``main``: a problem the user can fix ends it with one sentence on stderr and exit status 2 (the
+    traceback too with ``-v``); SIGTERM/SIGINT end it with ``128 + signum`` after its run was marked KILLED."""
+    argv = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in argv or "--verbose" in argv
+    runguard.install_signal_handlers()
+    runguard.die_with_parent()
+    try:
+        main()
+    except runguard.StageKilled as e:
+        print(f"error: {e}; the last checkpoint is kept, re-run to continue", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
+    except (runguard.StageError, tracking.TrackingError, D.PreparedDataError, C.ConfigError, OSError) as e:
+        if isinstance(e, OSError) and e.errno not in _UNWRITABLE:
+            raise
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.errno in _UNWRITABLE:
+        return (f"{e.filename or 'a file'}: cannot write there ({e.strerror}); make that folder writable, or point "
+                "project.data_dir (params.yaml) at a writable folder for the data")
+    return str(e)

@@ -1,24 +1,27 @@
-"""One training stage execution end to end (shared by the pretrain and train stages): open or resume the MLflow run,
-run the :class:`~greg_ood.trainer.Trainer`, keep the CSV curve and the MLflow metrics consistent with the checkpoint,
-and write the final weights.
+"""One training stage execution end to end (shared by the pretrain and train stages): decide whether the checkpoint
+may be continued (:mod:`greg_ood.resume`), open or continue the MLflow run, run the
+:class:`~greg_ood.trainer.Trainer`, keep the CSV curve and the MLflow metrics consistent with the checkpoint, and
+write the final weights.
 
-Consistency under kills: metric rows are buffered and written (CSV next to the checkpoint, MLflow batch) only right
-after a checkpoint is saved. After a SIGKILL the resumed run therefore continues exactly where both the weights and the
-logged curve stopped: no gaps, no duplicate steps. The CSV lives in the persistent checkpoint folder and is copied to
-its DVC out path at the end.
+Consistency under kills: every metric row goes into the checkpoint's own log (``extra["history"]``: all rows up to
+the checkpoint's step) and is published (CSV next to the checkpoint, rewritten atomically from that log; MLflow
+batch) only right after a checkpoint is saved. A resumed run rebuilds both from the checkpoint's log, so it continues
+exactly where the weights stopped: no gaps, no duplicate steps, and no stop path (a NaN loss, an exception, a
+signal) loses a row the last good checkpoint covers. One process at a time trains a checkpoint
+(:func:`greg_ood.runguard.hold_run_lock`).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import tracking
+from . import resume, runguard, tracking
 from .evaluation import id_accuracy
-from .trainer import Hooks, Job, Sources, Trainer, load_checkpoint, save_atomic
+from .io import atomic_open
+from .trainer import Hooks, Job, Sources, Trainer, save_atomic
 
 log = logging.getLogger("greg_ood")
 
@@ -27,58 +30,20 @@ CSV_FIELDS = ["step", "epoch", "lr", "ce", "energy", "oe", "abs", "grad", "total
               "energy_id_p5", "energy_id_p50", "energy_id_p95", "energy_aux_p5", "energy_aux_p50", "energy_aux_p95"]
 
 
-class CsvLog:
-    """Append-only CSV of training metrics, truncated to a given step on resume (``enabled=False``: writes nothing,
-    for the non-zero ranks of a DDP run, which share rank 0's paths)."""
-
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path = Path(path)
-        self.rows: list[dict] = []
-        self.enabled = enabled
-
-    def truncate_after(self, step: int) -> None:
-        if not self.path.exists():
-            return
-        with open(self.path, newline="") as f:
-            keep = [r for r in csv.DictReader(f) if r.get("step") and int(float(r["step"])) <= step]
-        self._write(keep, mode="w")
-
-    def add(self, row: dict, step: int) -> None:
-        r = {k: row.get(k, "") for k in CSV_FIELDS}
-        r["step"] = step
-        self.rows.append(r)
-
-    def flush(self) -> None:
-        if self.rows:
-            self._write(self.rows, mode="a")
-            self.rows = []
-
-    def last_step(self) -> int:
-        if not self.path.exists():
-            return -1
-        with open(self.path, newline="") as f:
-            steps = [int(float(r["step"])) for r in csv.DictReader(f) if r.get("step")]
-        return max(steps, default=-1)
-
-    def _write(self, rows: list[dict], mode: str) -> None:
-        if not self.enabled:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = mode == "w" or not self.path.exists() or self.path.stat().st_size == 0
-        with open(self.path, mode, newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
+def write_curve(path: Path, history: list) -> None:
+    """Write the metric log ``[[row, step], ...]`` as the training CSV (atomically: old or new, never partial)."""
+    with atomic_open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows({**{k: row.get(k, "") for k in CSV_FIELDS}, "step": step} for row, step in history)
 
 
 @dataclass(frozen=True)
 class RunRecord:
     """How one stage execution is recorded: its MLflow run (``stage``, ``name``, ``suite`` and the logged
-    ``params``), the identity of its result (``meta``, also written into the weights file) and its files: the
-    persistent checkpoint, the final weights and the training curve."""
+    ``params``), the identity of its result (``meta``, also written into the weights file), its files (the
+    persistent checkpoint, the final weights, the training curve) and ``inputs``, the content hashes of the data
+    the stage reads (part of the checkpoint's fingerprint, with the params and the code)."""
 
     stage: str
     name: str
@@ -88,6 +53,7 @@ class RunRecord:
     ckpt_path: Path
     out_path: Path
     csv_path: Path
+    inputs: dict | None = None
 
 
 def run_training(cfg, job: Job, model, sources: Sources, record: RunRecord, *, sd, device,
@@ -99,55 +65,36 @@ def run_training(cfg, job: Job, model, sources: Sources, record: RunRecord, *, s
     is_main = distributed is None or distributed.is_main
     config_hash = tracking.params_hash({"params": params, "meta": meta})
     ckpt_path = Path(ckpt_path)
-    run_id = None
-    resume_step = 0
-    carried: list = []  # metric rows the checkpoint covers but that may not have been published before a kill
-    if ckpt_path.exists():
-        try:
-            ck = load_checkpoint(ckpt_path)
-            if ck.get("config_hash") == config_hash:
-                run_id = ck.get("extra", {}).get("mlflow_run_id")
-                resume_step = int(ck.get("global_step", 0))
-                carried = list(ck.get("extra", {}).get("pending", []))
-                log.info("%s: resuming from %s (global step %d)", name, ckpt_path, resume_step)
-            else:
-                log.info("%s: parameters changed since %s was written; starting over", name, ckpt_path)
-        except Exception as e:  # noqa: BLE001 - unreadable checkpoint: start over, never crash on it
-            log.warning("%s: checkpoint %s unreadable (%s); starting over", name, ckpt_path, e)
-            ckpt_path.unlink(missing_ok=True)
+    if is_main:
+        runguard.hold_run_lock(ckpt_path)
+    fp = resume.fingerprint(config_hash, record.inputs)
+    plan = resume.plan(name, ckpt_path, fp, job.cfg.epochs)
+    run_id = resume.choose_run(plan, ckpt_path, fp["digest"]) if is_main else None
+    history = plan.history  # the checkpoint's metric log, extended live by the trainer's rows
     work_csv = ckpt_path.with_suffix(".train.csv")
-    csvlog = CsvLog(work_csv, enabled=is_main)
-    if resume_step:
-        csvlog.truncate_after(resume_step)
-        last = csvlog.last_step()
-        for row, step in carried:
-            if step > last:
-                csvlog.add(row, step)
-        csvlog.flush()
-    elif work_csv.exists() and is_main:
-        work_csv.unlink()
+    if plan.resume and is_main:
+        write_curve(work_csv, history)
 
     ctx = tracking.stage_run(stage, name, suite=suite, params=params if is_main else None, resume_run_id=run_id,
-                             experiment_prefix=cfg.params.mlflow.experiment_prefix, config_hash=config_hash) \
+                             experiment_prefix=cfg.params.mlflow.experiment_prefix, config_hash=config_hash,
+                             on_open=lambda rid: resume.write_record(ckpt_path, rid, fp["digest"])) \
         if is_main else _null_run()
     with ctx as run:
-        if carried and run_id is not None and getattr(run, "run_id", None) == run_id:
-            _publish_missing(run, carried)
+        if history and is_main:
+            _publish_missing(run, history)
+        published = [len(history)]
         bar = _StepBar(name)
-        # rows logged since the last checkpoint; saved inside the next checkpoint, then published (so a kill between
-        # the two loses nothing: the resumed run publishes whatever the store lacks)
-        pending: list = []
 
         def log_fn(row: dict, step: int) -> None:
-            pending.append([dict(row), int(step)])
-            csvlog.add(row, step)
+            history.append([dict(row), int(step)])
 
         def on_save() -> None:  # called right after each checkpoint: publish what the checkpoint covers
-            for row, step in pending:
+            for row, step in history[published[0]:]:
                 run.log_metrics(row, step)
             run.flush()
-            csvlog.flush()
-            pending.clear()
+            if is_main:
+                write_curve(work_csv, history)
+            published[0] = len(history)
 
         def epoch_end(epoch: int, logs: dict) -> dict:
             if not is_main:  # only rank 0 logs: the other ranks skip the evaluation
@@ -160,19 +107,20 @@ def run_training(cfg, job: Job, model, sources: Sources, record: RunRecord, *, s
         hooks = Hooks(log=log_fn, log_every=cfg.params.mlflow.log_every, epoch_end=epoch_end, on_save=on_save,
                       progress=bar.update_to if is_main else None)
         trainer = Trainer(model, job, sources, device=device, hooks=hooks, ckpt_path=ckpt_path,
-                          config_hash=config_hash,
-                          extra_state={"mlflow_run_id": getattr(run, "run_id", None), "pending": pending},
-                          distributed=distributed)
-        with bar:
+                          config_hash=fp["digest"],
+                          extra_state={"mlflow_run_id": getattr(run, "run_id", None), "history": history,
+                                       "fingerprint": fp},
+                          distributed=distributed, resume=plan.resume)
+        # single process: a SIGTERM/SIGINT saves at the next step boundary; under DDP it stops every rank at once
+        stopper = runguard.graceful_stop() if distributed is None else contextlib.nullcontext()
+        with bar, stopper:
             result = trainer.fit()
         on_save()
         if is_main:
             bare = model.module if hasattr(model, "module") else model
             save_atomic({"model": bare.state_dict(), "meta": {**meta, "global_step": result.steps,
                                                               "config_hash": config_hash}}, Path(out_path))
-            Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(work_csv, csv_path) if work_csv.exists() else Path(csv_path).write_text(
-                ",".join(CSV_FIELDS) + "\n")
+            write_curve(Path(csv_path), history)
             run.log_metrics({"train_seconds": result.seconds, "train_steps": result.steps}, result.steps)
             run.set_tags({"resumed_from": str(result.resumed_from)})
             run.log_artifact(csv_path, "curves")
@@ -182,7 +130,8 @@ def run_training(cfg, job: Job, model, sources: Sources, record: RunRecord, *, s
 
 
 def _publish_missing(run, rows: list) -> None:
-    """Log the carried rows whose step the run does not have yet for that key (idempotent: no duplicates)."""
+    """Log the rows of the checkpoint's log whose step the run does not have yet for that key (idempotent: no
+    duplicates, and a run that lost rows, e.g. after a kill between a checkpoint and its publication, gets them)."""
     client = getattr(run, "client", None)
     if client is None:
         return

@@ -7,6 +7,10 @@
 * SQLite allows one writer at a time: every write is retried with back-off on "database is locked".
 * Resume: a stage that resumes from a checkpoint passes the stored run id and continues the same run; metrics carry
   explicit steps so curves stay contiguous.
+* Portable store: the local store's artifact locations must lie inside the current clone. A copied or moved clone
+  (whose ``mlflow.db`` still points at the old place) is refused with the fix, ``python -m greg_ood.tracking
+  relocate``, which rewrites the locations to this clone; it never writes into another clone's ``mlruns``.
+* An unreadable ``mlflow.db`` is named with how to move it aside.
 No MLflow call lives in the math; the stages and the trainer's logger callback are the only users.
 """
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 EXPS_MARKER = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
 
@@ -91,8 +95,16 @@ def make_client(uri: Optional[str] = None):
 
     uri = uri or tracking_uri()
     with _store_lock(uri):
-        client = MlflowClient(uri)
-        _retry(client.search_experiments, max_results=1)
+        try:
+            client = MlflowClient(uri)
+            _retry(client.search_experiments, max_results=1)
+        except Exception as e:  # noqa: BLE001 - a broken local store gets a message naming the file
+            if not uri.startswith("sqlite:///"):
+                raise
+            db = uri[len("sqlite:///"):]
+            raise TrackingError(
+                f"{db}: the MLflow store cannot be opened ({str(e).splitlines()[0][:160]}); move it aside "
+                f"(`mv {db} {db}.broken`) and re-run: a new empty store is created") from None
     return client
 
 
@@ -213,28 +225,50 @@ def _experiment_id(client, name: str) -> str:
         return exp.experiment_id
 
 
+def _local_root(uri: str) -> Optional[Path]:
+    """The clone whose artifacts a local SQLite store keeps (None for a server or another backend)."""
+    return repo_root() if uri.startswith("sqlite:") else None
+
+
+def _check_location(location: str, what: str, root: Optional[Path]) -> None:
+    """Refuse an artifact location outside the current clone (a copied or moved clone), naming the fix."""
+    if root is None or not location.startswith("file:"):
+        return
+    from urllib.parse import unquote, urlparse
+
+    where = Path(unquote(urlparse(location).path))
+    if not where.resolve().is_relative_to(root.resolve()):
+        raise TrackingError(
+            f"{root / 'mlflow.db'}: {what} keeps its artifacts in {where}, outside this clone {root} (the store was "
+            f"copied or moved); run `python -m greg_ood.tracking relocate` here to point it at {root / 'mlruns'}")
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, run_name: str, *, suite: str, params: Optional[dict] = None,
               resume_run_id: Optional[str] = None, experiment_prefix: str = "greg-ood",
-              config_hash: Optional[str] = None) -> Iterator[StageRun]:
-    """Open (or resume) the MLflow run of one stage execution; mark it FAILED/KILLED on error or interrupt."""
+              config_hash: Optional[str] = None, on_open: Optional[Callable[[str], None]] = None
+              ) -> Iterator[StageRun]:
+    """Open (or resume) the MLflow run of one stage execution; mark it FAILED/KILLED on error or interrupt.
+    ``on_open(run_id)`` runs as soon as the run exists (to record its id before anything else happens)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    import mlflow
-
     uri = tracking_uri()
     check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
-    client = make_client(uri)
+    client = make_client(uri)  # explicit client: mlflow.set_tracking_uri would pin the URI in os.environ
+    root = _local_root(uri)
     run_id = None
     if resume_run_id:
         try:
             r = _retry(client.get_run, resume_run_id)
+        except Exception:  # noqa: BLE001 - the run is gone (store was reset): start a new one
+            r = None
+        if r is not None:
+            _check_location(r.info.artifact_uri, f"run {r.info.run_id}", root)
             run_id = r.info.run_id
             _retry(client.update_run, run_id, status="RUNNING")
-        except Exception:  # noqa: BLE001 - the run is gone (store was reset): start a new one
-            run_id = None
     if run_id is None:
         exp_id = _experiment_id(client, f"{experiment_prefix}/{suite}")
+        exp = _retry(client.get_experiment, exp_id)
+        _check_location(exp.artifact_location, f"experiment {exp.name!r}", root)
         tags = {"mlflow.runName": run_name, "dvc.stage": run_name, "stage": stage, "suite": suite}
         tags.update(git_info())
         if os.environ.get("DVC_EXP_NAME"):
@@ -244,10 +278,12 @@ def stage_run(stage: str, run_name: str, *, suite: str, params: Optional[dict] =
         run = _retry(client.create_run, exp_id, run_name=run_name, tags=tags)
         run_id = run.info.run_id
     sr = StageRun(client, run_id)
-    if params:
-        sr.log_params(params)
     status = "FINISHED"
     try:
+        if on_open is not None:
+            on_open(run_id)
+        if params:
+            sr.log_params(params)
         yield sr
     except KeyboardInterrupt:
         status = "KILLED"
@@ -262,5 +298,74 @@ def stage_run(stage: str, run_name: str, *, suite: str, params: Optional[dict] =
             _retry(client.set_terminated, run_id, status=status)
 
 
+def run_is_fresh(run_id: str) -> bool:
+    """Whether the run exists, is not FINISHED and has logged no metric (it can be continued from step 0)."""
+    try:
+        r = _retry(make_client().get_run, run_id)
+    except Exception:  # noqa: BLE001 - gone
+        return False
+    return r.info.status != "FINISHED" and not r.data.metrics
+
+
+def fail_if_running(run_id: str) -> None:
+    """Mark a run left RUNNING by a killed process FAILED (it will never be continued)."""
+    client = make_client()
+    try:
+        r = _retry(client.get_run, run_id)
+    except Exception:  # noqa: BLE001 - gone
+        return
+    if r.info.status == "RUNNING":
+        _retry(client.set_terminated, run_id, status="FAILED")
+
+
+def relocate(root: Optional[Path] = None) -> int:
+    """Point the local store's experiments and runs at ``<root>/mlruns`` (after copying or moving a clone).
+
+    Each location keeps its path below ``mlruns/``; returns how many locations changed."""
+    import sqlite3
+
+    root = Path(root or repo_root()).resolve()
+    db = root / "mlflow.db"
+    if not db.exists():
+        raise TrackingError(f"{db}: no local MLflow store here; nothing to relocate")
+    con = sqlite3.connect(db)
+    changed = 0
+    with con:
+        for table, key, col in (("experiments", "experiment_id", "artifact_location"), ("runs", "run_uuid",
+                                                                                       "artifact_uri")):
+            for ident, loc in con.execute(f"SELECT {key}, {col} FROM {table}").fetchall():  # noqa: S608
+                new = _relocated(loc, root)
+                if new != loc:
+                    con.execute(f"UPDATE {table} SET {col} = ? WHERE {key} = ?", (new, ident))  # noqa: S608
+                    changed += 1
+    con.close()
+    return changed
+
+
+def _relocated(location: Optional[str], root: Path) -> Optional[str]:
+    marker = "/mlruns/"
+    if not location or not location.startswith("file:") or marker not in location:
+        return location
+    return (root / "mlruns").as_uri() + "/" + location.rsplit(marker, 1)[1]
+
+
 def params_hash(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """``python -m greg_ood.tracking relocate``: rewrite the local store's artifact locations to this clone."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m greg_ood.tracking", description=main.__doc__)
+    ap.add_argument("command", choices=["relocate"])
+    ap.parse_args(argv)
+    try:
+        n = relocate()
+    except TrackingError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"{n} artifact location(s) now point into {repo_root() / 'mlruns'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,14 +5,13 @@ Determinism / resume. Every random choice in a step is a pure function of ``(see
 sources derive their permutations and augmentations that way, and the sampler's generator is seeded from the same
 tuple (:func:`step_generator`). A checkpoint therefore only needs the model, optimiser, scheduler, the position
 ``(epoch, step)`` and the global torch RNG (for anything else that draws from it); a resumed run replays the identical
-remaining steps. Checkpoints are written atomically (temporary file, fsync, rename) and loaded with
-``weights_only=True``.
+remaining steps. Checkpoints are written atomically (temporary file, fsync, rename) with a sha256 sidecar, and loaded
+with ``weights_only=True``. After SIGTERM/SIGINT (single process) the loop saves the position reached, then stops.
 
 The trainer has no MLflow dependency: it reports through the ``log`` callback given by the stage.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import random
@@ -26,7 +25,9 @@ import torch
 
 from . import methods as M
 from . import registry
-from .io import atomic_open
+from .data.augment import derive_seed
+from .io import checked_open, verify_checksum
+from .runguard import IntegrityError, StageKilled, stop_requested
 from .config import LossCfg, PretrainCfg, TrainCfg
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -75,12 +76,6 @@ def _deterministic_algorithms() -> None:
         setter(True, warn_only=True)
 
 
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any tuple (stable across processes and platforms)."""
-    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
-
-
 def step_generator(seed: int, stream: str, epoch: int, step: int, device: torch.device) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(derive_seed(seed, stream, epoch, step))
@@ -121,13 +116,29 @@ def lr_multiplier(cfg, base_lr: float, steps_per_epoch: int, epochs: int) -> Cal
 
 # ------------------------------------------------------------------------------------------------------ checkpoint
 def save_atomic(obj: dict, path: Path) -> None:
-    """``torch.save`` through :func:`greg_ood.io.atomic_open` (temporary file, fsync, rename, folder fsync)."""
-    with atomic_open(path) as f:
+    """``torch.save`` through :func:`greg_ood.io.checked_open` (temporary file, fsync, rename, folder fsync), with
+    its sha256 recorded in the ``<name>.sha256`` sidecar."""
+    with checked_open(path) as f:
         torch.save(obj, f)
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_verified(path: Path, map_location="cpu", *, required: bool = True, fix: str = "") -> dict:
+    """:func:`load_checkpoint` after checking the file against its sha256 sidecar (:func:`save_atomic`).
+
+    Raises :class:`~greg_ood.runguard.IntegrityError` naming the file, what is wrong and ``fix`` when the checksum
+    differs (or is missing while ``required``) or torch cannot read the file."""
+    path = Path(path)
+    problem = verify_checksum(path, required=required)
+    if problem is None:
+        try:
+            return load_checkpoint(path, map_location=map_location)
+        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same named error
+            problem = f"unreadable ({str(e).splitlines()[0][:200]})"
+    raise IntegrityError(f"{path}: {problem}" + (f"; {fix}" if fix else ""))
 
 
 def load_weights(model: torch.nn.Module, state: dict, *, extend_head: bool = True) -> dict[str, list[str]]:
@@ -235,8 +246,9 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, job: Job, sources: Sources, *, device: torch.device,
                  hooks: Hooks = Hooks(), ckpt_path: Optional[Path] = None, config_hash: str = "",
-                 extra_state: Optional[dict] = None, distributed=None):
+                 extra_state: Optional[dict] = None, distributed=None, resume: bool = True):
         self.model = model
+        self.resume = resume  # False: never continue from ckpt_path (the caller decided to start over)
         self.job = job
         self.method = job.method
         self.cfg = job.cfg
@@ -296,8 +308,19 @@ class Trainer:
         if self.on_save is not None:
             self.on_save()
 
+    def _stop_if_requested(self, epoch: int, step: int, saved: bool = False) -> None:
+        """After a SIGTERM/SIGINT (see :func:`greg_ood.runguard.graceful_stop`): save the position reached, then
+        raise :class:`~greg_ood.runguard.StageKilled`. Single-process only: under DDP the ranks could see the signal
+        at different steps, so there the signal stops the run at once (the last periodic checkpoint stays)."""
+        signum = stop_requested()
+        if signum is None or self.dist is not None:
+            return
+        if not saved:
+            self.save(epoch, step)
+        raise StageKilled(signum)
+
     def try_resume(self) -> Optional[tuple[int, int]]:
-        if self.ckpt_path is None or not self.ckpt_path.exists():
+        if not self.resume or self.ckpt_path is None or not self.ckpt_path.exists():
             return None
         ck = load_checkpoint(self.ckpt_path, map_location=self.device)
         if ck.get("config_hash") != self.config_hash or ck.get("method") != self.method:
@@ -309,7 +332,7 @@ class Trainer:
         self.global_step = int(ck["global_step"])
         _set_rng_state(ck["rng"])
         loaded = dict(ck.get("extra", {}))
-        loaded.pop("pending", None)  # rows the caller published at resume; keep the caller's live list
+        loaded.pop("history", None)  # the caller restored the metric log from this checkpoint; keep its live list
         self.extra_state.update(loaded)
         return int(ck["epoch"]), int(ck["step"])
 
@@ -401,12 +424,15 @@ class Trainer:
                 done_steps = step + 1
                 if self.global_step % self.cfg.checkpoint_every == 0 and done_steps < self.steps_per_epoch:
                     self.save(epoch, done_steps)
+                if done_steps < self.steps_per_epoch:
+                    self._stop_if_requested(epoch, done_steps)
             epoch_logs: dict = {"epoch": epoch}
             if self.epoch_end is not None:
                 epoch_logs.update(self.epoch_end(epoch, epoch_logs) or {})
                 model.train()
             self.log({k: v for k, v in epoch_logs.items() if k != "epoch"}, self.global_step)
             self.save(epoch + 1, 0)
+            self._stop_if_requested(epoch + 1, 0, saved=True)
         return FitResult(steps=self.global_step, epochs=self.cfg.epochs, resumed_from=resumed,
                          seconds=time.time() - t0, last_logs={k: float(v) for k, v in logs.items() if _is_number(v)})
 
