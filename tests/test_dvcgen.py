@@ -30,12 +30,23 @@ def _paths(entries) -> list[str]:
     return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
 
 
+def _code_files(deps: list[str], root: Path) -> set[str]:
+    """The Python files a stage's code deps cover (a package folder stands for every .py file under it)."""
+    out = set()
+    for d in deps:
+        if (root / d).is_dir():
+            out |= {p.relative_to(root).as_posix() for p in (root / d).rglob("*.py") if "__pycache__" not in p.parts}
+        elif d.endswith(".py"):
+            out.add(d)
+    return out
+
+
 def code_dep_drift(doc: dict, root: Path) -> dict[str, tuple[list[str], list[str]]]:
     """Per stage group whose code deps differ from its script's import closure: (missing, extra)."""
     drift = {}
     for name, st in _stages(doc).items():
         script = SCRIPT.search(" ".join(str(st["cmd"]).split())).group(1)
-        declared = {d for d in _paths(st["deps"]) if d.startswith(("src/", "stages/"))}
+        declared = _code_files([d for d in _paths(st["deps"]) if d.startswith(("src/", "stages/"))], root)
         want = set(closure_relative(root / script, root, src=root / "src"))
         if declared != want:
             drift[name] = (sorted(want - declared), sorted(declared - want))
@@ -64,6 +75,18 @@ def test_every_stage_code_deps_equal_its_import_closure(committed):
         groups = [f"{g}_{s}" for g in ("pretrain", "select", "train", "evaluate", "certify", "report")]
         assert set(groups + [f"train_{s}_ablation", f"evaluate_{s}_ablation"]) <= set(stages), s
     assert code_dep_drift(committed, ROOT) == {}
+
+
+def test_non_python_code_deps_are_resources_the_closure_names(committed):
+    st = _stages(committed)
+    extra = {d for d in _paths(st["download"]["deps"]) if d.startswith("src/") and not d.endswith(".py")
+             and not (ROOT / d).is_dir()}
+    assert extra == {"src/greg_ood/resources/imagenet_classes.json", "src/greg_ood/resources/imagenet_wnids.json"}
+    for name, body in st.items():
+        deps = [d for d in _paths(body["deps"]) if d.startswith("src/")]
+        assert all(d.endswith(".py") or (ROOT / d).is_dir() or d.startswith("src/greg_ood/resources/")
+                   for d in deps), name
+        assert "src/greg_ood" not in deps and "src/greg_ood/resources" not in deps, name  # never the whole package
 
 
 def test_drift_check_catches_a_hand_written_dep_list(committed):
@@ -134,3 +157,18 @@ def test_top_level_plots_combine_methods(committed):
         assert all(f"-{m}-small_cnn-s0." in " ".join(p["y"]) for m in methods), title
     assert {col for p in mini.values() for col in p["y"].values()} == {"total", "monitor_gradnorm_id", "tpr"}
     assert (ROOT / ".dvc" / "plots" / f"{next(iter(mini.values()))['template']}.json").is_file()
+
+
+def test_a_package_folder_stands_for_its_files_only_when_all_are_imported(tmp_path):
+    from greg_ood.dvcgen import _collapse_packages
+
+    pkg = tmp_path / "src" / "greg_ood" / "sub"
+    (pkg / "__pycache__").mkdir(parents=True)
+    for f in ("__init__.py", "a.py", "b.py", "__pycache__/a.cpython-311.pyc"):
+        (pkg / f).write_text("")
+    files = {"src/greg_ood/sub/__init__.py", "src/greg_ood/sub/a.py", "stages/x.py"}
+    assert _collapse_packages(files, tmp_path) == files  # b.py is not imported: listed file by file
+    files.add("src/greg_ood/sub/b.py")
+    assert _collapse_packages(files, tmp_path) == {"src/greg_ood/sub", "stages/x.py"}
+    (pkg / "table.csv").write_text("")  # a non-Python file would widen the folder dep: keep the files
+    assert _collapse_packages(files, tmp_path) == files

@@ -5,9 +5,9 @@ Methods, architectures, seeds and ablation values are read by DVC's own templati
 ``dvc exp run -S`` sweeps over them need no regeneration. What is derived here, per suite, from the template
 ``resources/dvc_suite_template.yaml``:
 
-* ``- CODE stages/<script>.py``: the stage's code deps, one line per file of the script's import closure inside
-  ``src/greg_ood`` (:func:`greg_ood.codedeps.closure_relative`), so a code change re-runs exactly the stages that
-  run that code;
+* ``- CODE stages/<script>.py``: the stage's code deps, the script's import closure inside ``src/greg_ood``
+  (:func:`greg_ood.codedeps.closure_relative`) plus the package resource files those modules name, so a code change
+  re-runs exactly the stages that run that code (:func:`code_deps`);
 * ``- DATA id aux ood``: the prepared datasets the stage loads for that suite (``id``: the ID set, ``aux``: the
   auxiliary pool, ``ood``: every OOD test set), each once, sorted;
 * params: a listed key that params.yaml does not set is left out (DVC refuses a missing key; its value is then the
@@ -19,6 +19,7 @@ A test checks that the committed dvc.yaml equals this output, and that each stag
 """
 from __future__ import annotations
 
+import ast
 import re
 import sys
 from importlib import resources
@@ -56,6 +57,40 @@ _DATA = re.compile(r"^(?P<indent> *)- DATA (?P<kinds>[a-z ]+)$")
 _PARAM = re.compile(r"^ *- (?P<key>suites\.(?P<suite>[^.\s]+)\.[^\s$]+)$")
 
 
+def _resource_files(files: list[str], root: Path) -> list[str]:
+    """Files of ``src/greg_ood/resources`` whose name appears as a string literal in one of ``files`` (read at run
+    time through ``importlib.resources``)."""
+    res = root / "src" / "greg_ood" / "resources"
+    names = {p.name: p.relative_to(root).as_posix() for p in res.iterdir() if p.is_file()} if res.is_dir() else {}
+    found = set()
+    for f in files:
+        for node in ast.walk(ast.parse((root / f).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+                found.add(names[node.value])
+    return sorted(found)
+
+
+def _collapse_packages(files: set[str], root: Path) -> set[str]:
+    """Replace the files of a subpackage of greg_ood by its folder when every ``.py`` file under it is listed and it
+    holds nothing else (``__pycache__`` is in .dvcignore): the same change detection with one DVC dep instead of many,
+    which keeps dvc.lock (parsed and rewritten by DVC around every stage) small."""
+    pkg = root / "src" / "greg_ood"
+    for init in sorted(pkg.glob("*/**/__init__.py"), key=lambda p: len(p.parts)):
+        folder = init.parent
+        inside = [p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+        rel = {p.relative_to(root).as_posix() for p in inside}
+        if all(p.suffix == ".py" for p in inside) and rel <= files:
+            files = (files - rel) | {folder.relative_to(root).as_posix()}
+    return files
+
+
+def code_deps(script: str, root: Path) -> list[str]:
+    """The code deps of a stage script: its import closure and the resource files it names, whole subpackages
+    folded into their folder (:func:`_collapse_packages`), sorted."""
+    files = closure_relative(root / script, root, src=root / "src")
+    return sorted(_collapse_packages(set(files) | set(_resource_files(files, root)), root))
+
+
 def suite_datasets(s: C.SuiteCfg, kinds: list[str]) -> list[str]:
     """Prepared datasets a stage of suite ``s`` loads: ``id`` (ID train/test), ``aux`` (auxiliary pool), ``ood``
     (every OOD test set); sorted, each once."""
@@ -87,7 +122,7 @@ def expand(text: str, root: Path, cfg: C.Config, suite: str | None = None) -> st
     for line in text.splitlines(keepends=True):
         bare = line.rstrip("\n")
         if m := _CODE.match(bare):
-            out += [f"{m['indent']}- {p}\n" for p in closure_relative(root / m["script"], root, src=root / "src")]
+            out += [f"{m['indent']}- {p}\n" for p in code_deps(m["script"], root)]
         elif m := _DATA.match(bare):
             if suite is None:
                 raise ValueError("dvc template: DATA deps are only valid inside a suite block")
