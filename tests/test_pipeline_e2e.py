@@ -103,7 +103,7 @@ def test_every_stage_ran(repo):
 def test_metrics_are_sane(repo):
     d, env, _ = repo
     shown = json.loads(_sh([str(BIN / "dvc"), "metrics", "show", "--json"], d, env).stdout)
-    files = shown["workspace"]["data"]  # the other suites' summaries do not exist here: listed with an error
+    files = next(iter(shown.values()))["data"]  # the workspace; suites that never ran are listed with an error
     assert {k for k, v in files.items() if "data" in v} == {"metrics/mini/summary.json"}, files
     flat = json.dumps(files["metrics/mini/summary.json"]["data"])
     for m in ("energy", "greg", "greg_plus", "dos"):
