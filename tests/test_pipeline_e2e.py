@@ -204,6 +204,13 @@ def test_editing_a_module_marks_exactly_the_stages_that_run_it(repo, tmp_path):
     assert changed == {st for st in stages if st.startswith("select_")}, (target, sorted(changed))
     assert changed == {st for st, files in runs.items() if target in files}
 
+    # a library module select shares with the fewest other stages marks every stage that imports it, select included
+    target = min(sorted(m for m in closure["select_aux"] if m.startswith("src/")),
+                 key=lambda m: sum(m in files for files in closure.values()))
+    changed = _edit_and_status(c, env, target)
+    assert changed == {st for st, files in runs.items() if target in files}, (target, sorted(changed))
+    assert any(st.startswith("select_") for st in changed), (target, sorted(changed))
+
     target = own("evaluate", "train", "pretrain")
     changed = _edit_and_status(c, env, target)
     assert changed == {st for st, files in runs.items() if target in files}, (target, sorted(changed))
