@@ -1,8 +1,10 @@
 """The real pipeline end to end on a tiny `mini` configuration: `dvc repro` with a real MLflow SQLite store.
 
 Asserts every stage ran, `dvc metrics show` has the metrics, the MLflow store holds a run per stage with metrics and
-artifacts, the tables exist, and the numbers are ones a broken pipeline would not produce. Then changes lambda_grad
-and checks that only the GReg stages are invalidated, and that `dvc exp run -S` works.
+artifacts, the tables exist, and the numbers are ones a broken pipeline would not produce. Then, in copies of the
+finished pipeline, that editing a module re-runs exactly the stages whose code imports it and that a fresh re-run
+leaves dvc.lock unchanged; then changes lambda_grad and checks that only the GReg stages are invalidated, and that
+`dvc exp run -S` works.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from greg_ood.codedeps import closure_relative
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -66,6 +70,7 @@ def repo(tmp_path_factory):
         shutil.copy(ROOT / name, d / name)
     (d / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", d / ".dvc" / "config")
+    shutil.copytree(ROOT / ".dvc" / "plots", d / ".dvc" / "plots")
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for k, v in TINY.items():
         _set(raw, k, v)
@@ -84,7 +89,7 @@ def repo(tmp_path_factory):
 
 def test_every_stage_ran(repo):
     d, env, _ = repo
-    st = _sh([str(BIN / "dvc"), "status", "report_mini", "--json"], d, env)
+    st = _sh([str(BIN / "dvc"), "status", "report_mini", "--with-deps", "--json"], d, env)
     assert json.loads(st.stdout or "{}") == {}, st.stdout
     lock = yaml.safe_load((d / "dvc.lock").read_text())["stages"]
     cfg_methods = ["energy", "oe", "oe_grad", "dos", "greg", "greg_plus"]
@@ -98,8 +103,11 @@ def test_every_stage_ran(repo):
 def test_metrics_are_sane(repo):
     d, env, _ = repo
     shown = json.loads(_sh([str(BIN / "dvc"), "metrics", "show", "--json"], d, env).stdout)
-    flat = json.dumps(shown)
-    assert "fpr95" in flat and "auroc" in flat and "id_accuracy" in flat
+    files = next(iter(shown.values()))["data"]  # the workspace; suites that never ran are listed with an error
+    assert {k for k, v in files.items() if "data" in v} == {"metrics/mini/summary.json"}, files
+    flat = json.dumps(files["metrics/mini/summary.json"]["data"])
+    for m in ("energy", "greg", "greg_plus", "dos"):
+        assert m in flat, (m, flat[:500])
     for f in sorted((d / "results" / "mini").glob("*.json")):
         res = json.loads(f.read_text())
         assert res["id_accuracy"] > 0.6, (f.name, res["id_accuracy"])  # 6 classes: chance is 0.17
@@ -144,6 +152,84 @@ def test_tables_and_figures_exist(repo):
     assert "Fashion-MNIST 6–9" in text and "positive" in text.lower()
     assert "| C1 |" in (rep / "claims.md").read_text()
     assert list(rep.rglob("*.png"))
+
+
+STAGE_SCRIPTS = {"download": "download", "pretrain": "pretrain", "select": "select_aux", "train": "train",
+                 "evaluate": "evaluate", "certify": "certify", "report": "report"}
+
+
+def _script(stage: str) -> str:
+    return f"stages/{STAGE_SCRIPTS[stage.split('@')[0].split('_')[0]]}.py"
+
+
+def _status(d: Path, env: dict) -> set:
+    """Stages of the mini pipeline (report_mini and everything upstream) that `dvc status` marks as changed."""
+    st = _sh([str(BIN / "dvc"), "status", "report_mini", "--with-deps", "--json"], d, env)
+    return set(json.loads(st.stdout or "{}"))
+
+
+def _finished_copy(repo, tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of the finished tiny pipeline (the other tests keep theirs), checked to be up to date."""
+    d, env, _ = repo
+    c = tmp_path / "copy"
+    shutil.copytree(d, c, symlinks=True)
+    env = {**env, "PYTHONPATH": str(c / "src")}
+    assert _status(c, env) == set(), "the finished tiny pipeline is not up to date"
+    return c, env
+
+
+def _edit_and_status(c: Path, env: dict, rel: str) -> set:
+    """Stages `dvc status` marks after appending a comment to ``rel``; the file is restored afterwards."""
+    f = c / rel
+    old = f.read_bytes()
+    f.write_bytes(old + b"\n# edited by test_pipeline_e2e\n")
+    try:
+        return _status(c, env)
+    finally:
+        f.write_bytes(old)
+
+
+def test_editing_a_module_marks_exactly_the_stages_that_run_it(repo, tmp_path):
+    c, env = _finished_copy(repo, tmp_path)
+    stages = set(yaml.safe_load((c / "dvc.lock").read_text())["stages"])
+    closure = {s: set(closure_relative(c / f"stages/{s}.py", c, src=c / "src")) for s in STAGE_SCRIPTS.values()}
+    runs = {st: closure[Path(_script(st)).stem] for st in stages}
+
+    def own(script: str, *others: str) -> str:
+        """A library module only ``script`` imports (among ``others``), else the script itself."""
+        only = closure[script] - set().union(*(closure[o] for o in others))
+        return next((m for m in sorted(only) if m.startswith("src/")), f"stages/{script}.py")
+
+    target = own("select_aux", *(s for s in closure if s != "select_aux"))
+    changed = _edit_and_status(c, env, target)
+    assert changed == {st for st in stages if st.startswith("select_")}, (target, sorted(changed))
+    assert changed == {st for st, files in runs.items() if target in files}
+
+    # a library module select shares with the fewest other stages marks every stage that imports it, select included
+    target = min(sorted(m for m in closure["select_aux"] if m.startswith("src/")),
+                 key=lambda m: sum(m in files for files in closure.values()))
+    changed = _edit_and_status(c, env, target)
+    assert changed == {st for st, files in runs.items() if target in files}, (target, sorted(changed))
+    assert any(st.startswith("select_") for st in changed), (target, sorted(changed))
+
+    target = own("evaluate", "train", "pretrain")
+    changed = _edit_and_status(c, env, target)
+    assert changed == {st for st, files in runs.items() if target in files}, (target, sorted(changed))
+    assert any(st.startswith("evaluate_") for st in changed), (target, sorted(changed))
+    assert not any(st.startswith(("train_", "pretrain_")) for st in changed), (target, sorted(changed))
+    assert _status(c, env) == set()  # restored: nothing to re-run
+
+
+def test_fresh_rerun_leaves_dvc_lock_unchanged(repo, tmp_path):
+    """Outputs are deterministic: re-running stages from nothing (no resume checkpoint) rewrites dvc.lock with the same
+    bytes, so a fresh clone's `make mini` leaves `git status` clean."""
+    c, env = _finished_copy(repo, tmp_path)
+    before = (c / "dvc.lock").read_text()
+    shutil.rmtree(c / "checkpoints")
+    _sh([str(BIN / "dvc"), "repro", "--force", "--no-run-cache", "--single-item", "pretrain_mini@small_cnn",
+         "select_mini@small_cnn", "train_mini@greg-small_cnn-0", "evaluate_mini@greg-small_cnn-0", "certify_mini",
+         "report_mini"], c, env)
+    assert (c / "dvc.lock").read_text() == before
 
 
 def test_changing_lambda_grad_invalidates_only_greg(repo):
@@ -201,15 +287,19 @@ def test_queued_sweep_runs_in_parallel_and_builds_ablation_across_experiments(re
     assert {"0.5", "2"} <= lambdas, table
 
 
-def test_dvc_plots_show_renders_roc_and_training_curves(repo):
-    """`dvc plots show` (the README's command) finds the declared ROC and training-curve data and writes HTML."""
+def test_dvc_plots_show_renders_combined_plots(repo):
+    """`dvc plots show` (the README's command) draws the three combined plots of the suite that ran, every method in
+    each, and no panel for the suites that never ran."""
     d, env, _ = repo
     out = d / "dvc_plots_test"
     _sh([str(BIN / "dvc"), "plots", "show", "-o", str(out)], d, env)
     html = (out / "index.html").read_text()
-    assert "plots/mini/roc/mini-greg-small_cnn-s0.json" in html
-    assert "metrics/mini/train/mini-greg-small_cnn-s0.train.csv" in html
     shown = json.loads(_sh([str(BIN / "dvc"), "plots", "show", "--json"], d, env).stdout)
-    data = shown["data"]  # {"data": {plot file: ...}, "errors": [...]}; the other suites' files do not exist here
-    assert any(k.startswith("plots/mini/roc/") for k in data), sorted(data)[:10]
-    assert any(k.startswith("metrics/mini/train/") for k in data), sorted(data)[:10]
+    drawn = {k for k, v in shown["data"].items() if v}  # {"data": {plot id: [rendered]}, "errors": [...]}
+    assert drawn == {"mini small_cnn s0 training loss (total) by method", "mini small_cnn s0 ID input-gradient norm "
+                     "by method", "mini small_cnn s0 ROC on the headline set by method"}, sorted(drawn)
+    for title in drawn:
+        assert title in html
+        files = {row["filename"] for row in shown["data"][title][0]["content"]["data"]["values"]}
+        assert len(files) == 6, (title, files)  # one line per method
+    assert "cifar10 " not in html

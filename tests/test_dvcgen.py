@@ -1,0 +1,174 @@
+"""dvc.yaml's deps are derived from the code and the config, and the committed file is what dvcgen writes.
+
+Fast: reads the committed dvc.yaml (no DVC, no pipeline run). The slow proof that an edit re-runs exactly the stages
+whose closure holds the edited file is in test_pipeline_e2e.py.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from greg_ood import config as C
+from greg_ood.codedeps import closure_relative
+from greg_ood.dvcgen import render
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = re.compile(r"python (stages/\S+\.py)")
+MINI_ID_AUX = {"fashion_mnist", "skimage_crops"}
+MINI_ID_OOD = {"fashion_mnist", "digits", "textures", "faces", "gaussian_noise", "uniform_noise"}
+
+
+def _stages(doc: dict) -> dict[str, dict]:
+    """Stage definitions by group name (``foreach`` stages by their ``do`` body)."""
+    return {name: body.get("do", body) for name, body in doc["stages"].items()}
+
+
+def _paths(entries) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+
+
+def _code_files(deps: list[str], root: Path) -> set[str]:
+    """The Python files a stage's code deps cover (a package folder stands for every .py file under it)."""
+    out = set()
+    for d in deps:
+        if (root / d).is_dir():
+            out |= {p.relative_to(root).as_posix() for p in (root / d).rglob("*.py") if "__pycache__" not in p.parts}
+        elif d.endswith(".py"):
+            out.add(d)
+    return out
+
+
+def code_dep_drift(doc: dict, root: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """Per stage group whose code deps differ from its script's import closure: (missing, extra)."""
+    drift = {}
+    for name, st in _stages(doc).items():
+        script = SCRIPT.search(" ".join(str(st["cmd"]).split())).group(1)
+        declared = _code_files([d for d in _paths(st["deps"]) if d.startswith(("src/", "stages/"))], root)
+        want = set(closure_relative(root / script, root, src=root / "src"))
+        if declared != want:
+            drift[name] = (sorted(want - declared), sorted(declared - want))
+    return drift
+
+
+def _datasets(st: dict) -> set[str]:
+    prefix = "${project.data_dir}/prepared/"
+    return {d[len(prefix):] for d in _paths(st["deps"]) if d.startswith(prefix)}
+
+
+@pytest.fixture(scope="module")
+def committed() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
+def test_committed_dvc_yaml_is_dvcgen_output():
+    assert (ROOT / "dvc.yaml").read_text() == render(C.load(ROOT / "params.yaml"), ROOT), \
+        "dvc.yaml is stale: run `make dvc.yaml`"
+
+
+def test_every_stage_code_deps_equal_its_import_closure(committed):
+    stages = _stages(committed)
+    suites = C.load(ROOT / "params.yaml").params.suites
+    for s in suites:  # every suite and stage group is checked, none skipped
+        groups = [f"{g}_{s}" for g in ("pretrain", "select", "train", "evaluate", "certify", "report")]
+        assert set(groups + [f"train_{s}_ablation", f"evaluate_{s}_ablation"]) <= set(stages), s
+    assert code_dep_drift(committed, ROOT) == {}
+
+
+def test_non_python_code_deps_are_resources_the_closure_names(committed):
+    st = _stages(committed)
+    extra = {d for d in _paths(st["download"]["deps"]) if d.startswith("src/") and not d.endswith(".py")
+             and not (ROOT / d).is_dir()}
+    assert extra == {"src/greg_ood/resources/imagenet_classes.json", "src/greg_ood/resources/imagenet_wnids.json"}
+    for name, body in st.items():
+        deps = [d for d in _paths(body["deps"]) if d.startswith("src/")]
+        assert all(d.endswith(".py") or (ROOT / d).is_dir() or d.startswith("src/greg_ood/resources/")
+                   for d in deps), name
+        assert "src/greg_ood" not in deps and "src/greg_ood/resources" not in deps, name  # never the whole package
+
+
+def test_drift_check_catches_a_hand_written_dep_list(committed):
+    """The check can fail: the old hand-written deps of select (sampling.py only) and a dropped module are caught."""
+    doc = yaml.safe_load(yaml.safe_dump(committed))
+    sel = doc["stages"]["select_mini"]
+    sel["deps"] = ["stages/select_aux.py", "src/greg_ood/sampling.py"] + [
+        d for d in sel["deps"] if not d.startswith(("src/", "stages/"))]
+    doc["stages"]["evaluate_mini"]["deps"].remove("src/greg_ood/pipeline.py")
+    drift = code_dep_drift(doc, ROOT)
+    assert set(drift) == {"select_mini", "evaluate_mini"}
+    assert "src/greg_ood/pipeline.py" in drift["select_mini"][0] and drift["select_mini"][1] == []
+    assert drift["evaluate_mini"] == (["src/greg_ood/pipeline.py"], [])
+
+
+def test_data_deps_are_what_each_stage_loads(committed):
+    st = _stages(committed)
+    assert _datasets(st["pretrain_mini"]) == {"fashion_mnist"}
+    assert _datasets(st["train_mini"]) == _datasets(st["train_mini_ablation"]) == MINI_ID_AUX  # no OOD sets
+    assert _datasets(st["evaluate_mini"]) == _datasets(st["evaluate_mini_ablation"]) == MINI_ID_OOD  # no aux pool
+    assert _datasets(st["certify_mini"]) == MINI_ID_OOD
+    assert _datasets(st["select_mini"]) == MINI_ID_AUX | MINI_ID_OOD  # scoring: aux; overlap guard: ID test + OOD
+    assert _datasets(st["report_mini"]) == set()
+    assert _datasets(st["train_cifar10"]) == {"cifar10", "tinyimages300k"}
+    assert _datasets(st["evaluate_cifar10"]) == {"cifar10", "dtd", "svhn", "places365", "lsun_crop", "lsun_resize",
+                                                 "isun"}
+
+
+def test_params_are_set_in_params_yaml_and_stage_specific(committed):
+    """DVC refuses a params key that params.yaml lacks: absent optional keys are left out; stages do not list
+    sections they never read (training does not read eval or the OOD list; the ablation stages not the ablation
+    list, whose values are in their command)."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    st = _stages(committed)
+    for name, body in st.items():
+        for key in body.get("params", []):
+            if "${" in key:
+                continue
+            cur = raw
+            for k in key.split("."):
+                assert isinstance(cur, dict) and k in cur, (name, key)
+                cur = cur[k]
+    assert "suites.mini.data.mean" not in st["train_mini"]["params"]  # mini uses the ID training statistics
+    assert "suites.cifar10.data.mean" in st["train_cifar10"]["params"]
+    for name in ("train_mini", "train_mini_ablation", "pretrain_mini"):
+        ps = st[name]["params"]
+        assert "suites.mini.data.ood" not in ps and "suites.mini.eval" not in ps and "suites.mini.ablation" not in ps
+    assert "suites.mini.data.aux" not in st["evaluate_mini"]["params"]
+
+
+def test_checkpoints_are_not_dvc_outs_and_summary_is_the_suite_metric(committed):
+    st = _stages(committed)
+    for name, body in st.items():
+        assert not [o for o in _paths(body.get("outs", [])) if o.startswith("checkpoints/")], name
+        if not name.startswith("report_"):
+            assert "metrics" not in body, name
+    for s in C.load(ROOT / "params.yaml").params.suites:
+        assert st[f"report_{s}"]["metrics"] == [{f"metrics/{s}/summary.json": {"cache": False}}]
+
+
+def test_top_level_plots_combine_methods(committed):
+    plots = {next(iter(p)): next(iter(p.values())) for p in committed["plots"]}
+    mini = {k: v for k, v in plots.items() if k.startswith("mini ")}
+    assert len(mini) == 3
+    methods = C.load(ROOT / "params.yaml").params.suites["mini"].methods
+    for title, p in mini.items():
+        assert len(p["y"]) == len(methods), title
+        assert all(f"-{m}-small_cnn-s0." in " ".join(p["y"]) for m in methods), title
+    assert {col for p in mini.values() for col in p["y"].values()} == {"total", "monitor_gradnorm_id", "tpr"}
+    assert (ROOT / ".dvc" / "plots" / f"{next(iter(mini.values()))['template']}.json").is_file()
+
+
+def test_a_package_folder_stands_for_its_files_only_when_all_are_imported(tmp_path):
+    from greg_ood.dvcgen import _collapse_packages
+
+    pkg = tmp_path / "src" / "greg_ood" / "sub"
+    (pkg / "__pycache__").mkdir(parents=True)
+    for f in ("__init__.py", "a.py", "b.py", "__pycache__/a.cpython-311.pyc"):
+        (pkg / f).write_text("")
+    files = {"src/greg_ood/sub/__init__.py", "src/greg_ood/sub/a.py", "stages/x.py"}
+    assert _collapse_packages(files, tmp_path) == files  # b.py is not imported: listed file by file
+    files.add("src/greg_ood/sub/b.py")
+    assert _collapse_packages(files, tmp_path) == {"src/greg_ood/sub", "stages/x.py"}
+    (pkg / "table.csv").write_text("")  # a non-Python file would widen the folder dep: keep the files
+    assert _collapse_packages(files, tmp_path) == files
