@@ -144,7 +144,7 @@ def test_checkpoints_are_not_dvc_outs_and_summary_is_the_suite_metric(committed)
         if not name.startswith("report_"):
             assert "metrics" not in body, name
     for s in C.load(ROOT / "params.yaml").params.suites:
-        assert st[f"report_{s}"]["metrics"] == [{f"metrics/{s}/summary.json": {"cache": False}}]
+        assert st[f"report_{s}"]["metrics"] == [{f"metrics/{s}/summary": {"cache": False}}]
 
 
 def test_top_level_plots_combine_methods(committed):
