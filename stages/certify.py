@@ -19,8 +19,9 @@ def main() -> None:
     args, cfg = pipeline.stage_cli(__doc__)
     s = cfg.suite(args.suite)
     cc = s.certify
-    seed, arch = s.seeds[0], s.archs[0]
-    device = pipeline.init_runtime(cfg, seed)
+    arch = s.archs[0]
+    seeds = cc.seeds if cc.seeds is not None else s.seeds  # every seed by default: the claims pair them
+    device = pipeline.init_runtime(cfg, seeds[0])
     P = pipeline.paths(cfg)
     sd = pipeline.suite_data(cfg, args.suite, aux=False, ood=True)
     out = P.certify(args.suite)
@@ -30,7 +31,7 @@ def main() -> None:
     summary, arrays = {}, {}
     with tracking.stage_run("certify", f"certify@{args.suite}", suite=args.suite, params={"certify": cc.model_dump()},
                             experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:
-        for method in cc.methods:
+        for method, seed in ((m, sd_) for m in cc.methods for sd_ in seeds):
             exp = cfg.experiment(args.suite, method, arch, seed)
             model = pipeline.load_model(P.model(args.suite, exp.name),
                                         pipeline.build_model(cfg, args.suite, arch, method), device,
@@ -47,7 +48,7 @@ def main() -> None:
                 norms[name], radii[name] = g.cpu().numpy(), r.cpu().numpy()
                 arrays[f"grad_norm/{name}"] = norms[name]
                 arrays[f"radius/{name}"] = radii[name]
-            summary[method] = {"experiment": exp.name, "gamma": gamma, "eps": cc.eps,
+            summary[exp.name] = {"experiment": exp.name, "method": method, "seed": seed, "gamma": gamma, "eps": cc.eps,
                                "per_set": {k: {"grad_norm_median": float(np.median(norms[k])),
                                                "grad_norm_mean": float(np.mean(norms[k])),
                                                "radius_median": float(np.median(radii[k])),
@@ -55,8 +56,8 @@ def main() -> None:
             write_npz_atomic(P.certify_npz(args.suite, exp.name), arrays)
             arrays = {}
             plot_certify(norms, radii, out / f"{exp.name}.png")
-            run.log_metrics({f"{method}.{k}.grad_norm_median": v["grad_norm_median"]
-                             for k, v in summary[method]["per_set"].items()})
+            run.log_metrics({f"{method}.s{seed}.{k}.grad_norm_median": v["grad_norm_median"]
+                             for k, v in summary[exp.name]["per_set"].items()})
         write_json_atomic(out / "certify.json", summary)
         run.log_artifact(out, "certify")
 

@@ -267,6 +267,8 @@ class GradAblationCfg(_Model):
 
 class CertifyCfg(_Model):
     methods: list[TrainMethod] = Field(default_factory=lambda: ["energy", "greg"])
+    #: seeds whose models are certified (None: every seed of the suite, so the claims table can pair them)
+    seeds: Optional[list[int]] = None
     eps: float = Field(1.0, gt=0)
     count: int = Field(500, gt=0)
     batch_size: int = Field(128, gt=0)
@@ -315,6 +317,9 @@ class SuiteCfg(_Model):
         for m in self.certify.methods:
             if m not in self.methods:
                 raise ValueError(f"certify method {m!r} is not in methods {self.methods}")
+        for sd in self.certify.seeds or []:
+            if sd not in self.seeds:
+                raise ValueError(f"certify seed {sd} is not in seeds {self.seeds}")
         return self
 
 

@@ -180,8 +180,9 @@ def load_certify(path: os.PathLike | str) -> tuple[dict[str, np.ndarray], dict[s
 
 
 def load_certify_meta(certify_json: os.PathLike | str) -> dict[str, dict]:
-    """The certify stage's ``certify.json``: ``{method: {"experiment", "gamma", "eps", ...}}``. Returns
-    ``{experiment: {"method", "gamma", "eps"}}`` (``eps`` None = no radius cap). A missing file gives ``{}``."""
+    """The certify stage's ``certify.json``: ``{experiment: {"experiment", "method", "seed", "gamma", "eps", ...}}``
+    (older files are keyed by method, without ``method`` inside). Returns ``{experiment: {"method", "gamma",
+    "eps"}}`` (``eps`` None = no radius cap). A missing file gives ``{}``."""
     p = Path(certify_json)
     if not p.is_file():
         return {}
@@ -190,11 +191,11 @@ def load_certify_meta(certify_json: os.PathLike | str) -> dict[str, dict]:
     except json.JSONDecodeError as e:
         raise ValueError(f"{p}: not valid JSON ({e})") from e
     out = {}
-    for method, block in doc.items():
+    for key, block in doc.items():
         if not isinstance(block, Mapping) or "experiment" not in block or "gamma" not in block:
             raise ValueError(f"{p}: entry {method!r} needs 'experiment' and 'gamma'")
         eps = block.get("eps")
-        out[str(block["experiment"])] = {"method": str(method), "gamma": float(block["gamma"]),
+        out[str(block["experiment"])] = {"method": str(block.get("method", key)), "gamma": float(block["gamma"]),
                                          "eps": None if eps is None else float(eps)}
     return out
 
