@@ -2,6 +2,8 @@
 #   make mini    the main job: install, prepare the offline data, run the `mini` suite through `dvc repro`
 #   make test    the test suite (unit + real DVC/MLflow end-to-end on a tiny `mini` configuration)
 #   make bench   speed benchmark -> reports/bench/<device>.{md,json}
+#   make fmnist  the offline evidence suite (about 2 h on 2 cores) -> reports/fmnist/
+#   make bench-pipeline  where a stage's wall time goes -> reports/bench/pipeline.{md,json}
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +12,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup mini repro test test-fast bench mlflow-ui mlflow-server dvc.yaml fashion-mnist
+.PHONY: setup mini fmnist repro test test-fast bench bench-pipeline mlflow-ui mlflow-server dvc.yaml fashion-mnist readme
 
 setup: $(VENV)/.installed
 
@@ -34,8 +36,14 @@ fashion-mnist:
 mini: setup fashion-mnist
 	@git rev-parse HEAD >/dev/null 2>&1 || (echo "error: run inside the git clone of greg-ood"; exit 2)
 	time dvc repro report_mini
-	dvc metrics show --md $$(ls metrics/mini/eval/*.json | grep -v -- '-lg') | head -40
+	dvc metrics show --md metrics/mini/summary
 	@echo "Tables and figures: reports/mini/ — browse runs: make mlflow-ui"
+
+fmnist: setup fashion-mnist
+	@git rev-parse HEAD >/dev/null 2>&1 || (echo "error: run inside the git clone of greg-ood"; exit 2)
+	time dvc repro report_fmnist
+	dvc metrics show --md metrics/fmnist/summary
+	@echo "Claims with computed verdicts: reports/fmnist/claims.md"
 
 repro: setup
 	dvc repro
@@ -48,6 +56,13 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python -m greg_ood.cli.bench --out reports/bench
+
+bench-pipeline: setup
+	$(BIN)/python tools/bench_pipeline.py --rev $(or $(BEFORE),HEAD~0) --rev HEAD --out reports/bench
+
+# paste the generated result tables into README.md (tests/test_readme.py checks they match)
+readme: setup
+	$(BIN)/python tools/readme_sync.py
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(abspath mlflow.db)
