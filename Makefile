@@ -58,7 +58,7 @@ bench: setup
 	$(BIN)/python -m greg_ood.cli.bench --out reports/bench
 
 bench-pipeline: setup
-	$(BIN)/python tools/bench_pipeline.py --rev $(or $(BEFORE),HEAD~0) --rev HEAD --out reports/bench
+	$(BIN)/python tools/bench_pipeline.py $(if $(BEFORE),--rev $(BEFORE)) --rev HEAD --out reports/bench
 
 # paste the generated result tables into README.md (tests/test_readme.py checks they match)
 readme: setup
