@@ -1,5 +1,5 @@
 """POEM's outlier mining (Ming, Fan & Li, ICML 2022): a Bayesian linear model on the penultimate features and
-Thompson sampling from its posterior (docs/method.md §3.4).
+Thompson sampling from its posterior (docs/method.md §4.1).
 
 The model regresses an "OOD-ness" target on the features z: ``y = wᵀz + noise``, with ``y = +t`` for outliers and
 ``y = -t`` for ID rows, a Gaussian prior ``w ~ N(0, σ I)`` and noise variance σ_n. Each step draws one weight vector
