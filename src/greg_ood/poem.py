@@ -42,7 +42,7 @@ def blr_posterior(zz: torch.Tensor, zy: torch.Tensor, prior_var: float, noise_va
     d = zz.shape[-1]
     eye = torch.eye(d, dtype=torch.float64, device=zz.device)
     precision = zz.double() / noise_var + eye / prior_var
-    chol = torch.linalg.cholesky(precision)
+    chol = torch.linalg.cholesky_ex(precision).L  # positive definite by construction; no error check, no sync
     mean = torch.cholesky_solve((zy.double() / noise_var).unsqueeze(1), chol).squeeze(1)
     return Posterior(mean, chol, prior_var)
 
@@ -80,7 +80,9 @@ class PoemSelector:
         self.slot_epoch = [-1] * cfg.buffer_epochs  # the epoch each slot holds (host list: no device read)
 
     def posterior(self) -> Posterior:
-        """The posterior fitted on the buffer's statistics (the prior before any data)."""
+        """The posterior fitted on the buffer's statistics (the prior while they are all zero)."""
+        if self.zz is None:
+            raise ValueError("posterior: no features seen yet (the feature dimension is taken from the first step)")
         return blr_posterior(self.zz.sum(0), self.zy.sum(0), self.cfg.prior_var, self.cfg.noise_var)
 
     def _slot(self, epoch: int, d: int, device: torch.device) -> int:
