@@ -3,7 +3,7 @@ deterministic batches, in one process (plain ``python``) or under ``torchrun`` (
 sees (per-step logged losses, final weights) for comparison.
 
 usage: python ddp_driver.py OUT.pt JOB [JOB ...]
-  JOB = method:norm[:resume]   method greg | greg_plus,  norm gn (GroupNorm: rank-independent) | bn (per-rank BN)
+  JOB = method:norm[:resume]   method greg | greg_plus | poem,  norm gn (GroupNorm: rank-independent) | bn (per-rank BN)
   ``resume``: interrupt after the first checkpoint, then continue from it with fresh model/optimiser objects (every
   rank loads rank 0's file).
 """
@@ -16,15 +16,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from greg_ood import models
-from greg_ood.config import LossCfg, OptimizerCfg, SamplingCfg, ScheduleCfg, TrainCfg
+from greg_ood import models, registry
+from greg_ood.config import LossCfg, OptimizerCfg, PoemCfg, SamplingCfg, ScheduleCfg, TrainCfg
 from greg_ood.distributed import distributed_context
 from greg_ood.trainer import Hooks, Job, Sources, Trainer, derive_seed, set_determinism
 
 K = 4          # classes
 B = 8          # global ID batch
 B_AUX = 8      # global auxiliary batch (greg)
-C = 32         # global candidate batch (greg_plus): each rank clusters 16 and keeps 8
+C = 32         # global candidate batch (greg_plus, poem): each rank selects 8 of its 16
 STEPS = 5
 SEED = 3
 
@@ -74,7 +74,8 @@ def train_cfg(method: str, checkpoint_every: int = 100) -> TrainCfg:
         optimizer=OptimizerCfg(name="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4),
         schedule=ScheduleCfg(name="cosine"),
         loss=LossCfg(lambda_energy=0.1, lambda_grad=100.0, m_in=-1.45, m_out=-1.35),
-        sampling=SamplingCfg(candidate_batch=C, n_clusters=4, n_init=1, two_way=True))
+        sampling=SamplingCfg(candidate_batch=C, n_clusters=4, n_init=1, two_way=True),
+        poem=PoemCfg() if registry.get(method).selector is not None else None)
 
 
 class Interrupt(Exception):
@@ -90,7 +91,7 @@ def run_job(method: str, norm: str, dist=None, resume: bool = False, ckpt_dir: P
         model = build_model(norm)
         if dist is not None:
             model = dist.wrap(model)
-        aux = AuxSource(C if method == "greg_plus" else B_AUX)
+        aux = AuxSource(C if registry.get(method).selects else B_AUX)
         return Trainer(model, Job(method, cfg, SEED), Sources(IDSource(), aux), device=torch.device("cpu"),
                        hooks=Hooks(log=lambda r, s: rows.append((s, dict(r))), log_every=1),
                        ckpt_path=(ckpt_dir / f"{method}-{norm}.pt") if ckpt_dir else None, distributed=dist)
@@ -117,7 +118,8 @@ def run_job(method: str, norm: str, dist=None, resume: bool = False, ckpt_dir: P
         tr.global_step = 0  # fit() resumes again by itself
         tr.fit()
     bare = tr.model.module if hasattr(tr.model, "module") else tr.model
-    return {"rows": rows, "state": {k: v.detach().clone() for k, v in bare.state_dict().items()}}
+    return {"rows": rows, "state": {k: v.detach().clone() for k, v in bare.state_dict().items()},
+            "selector": tr.selector.state_dict() if tr.selector is not None else {}}
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE))
 import ddp_driver  # noqa: E402
 
 JOBS_1 = ["greg:gn", "greg:bn", "greg_plus:gn", "greg_plus:bn"]
-JOBS_2 = JOBS_1 + ["greg:gn:resume", "greg_plus:gn:resume"]
+JOBS_2 = JOBS_1 + ["greg:gn:resume", "greg_plus:gn:resume", "poem:gn", "poem:gn:resume"]
 
 
 def _env() -> dict:
@@ -90,6 +90,12 @@ def test_resume_under_ddp_is_exact(runs):
     # GReg+ (per-rank sampler streams) resumes onto the uninterrupted 2-process trajectory
     for k, v in two["greg_plus:gn"]["state"].items():
         assert torch.equal(v, two["greg_plus:gn:resume"]["state"][k]), k
+    # POEM: the ranks sum their posterior statistics, so rank 1 continues from rank 0's posterior onto the same
+    # trajectory (with per-rank posteriors the resumed weights would differ)
+    a, b = two["poem:gn"], two["poem:gn:resume"]
+    for k, v in a["state"].items():
+        assert torch.equal(v, b["state"][k]), k
+    assert all(torch.equal(v, b["selector"][k]) for k, v in a["selector"].items()) and a["selector"]["zz"].any()
 
 
 def test_greg_plus_per_rank_sampling_runs(runs):

@@ -198,8 +198,8 @@ def test_select_auxiliary_modes_sizes_and_roles():
 
 
 def test_method_loss_validation():
-    with pytest.raises(ValueError, match="unknown method 'poem'"):
-        M.MethodLoss.of("poem")
+    with pytest.raises(ValueError, match="unknown method 'openmix'"):
+        M.MethodLoss.of("openmix")
     with pytest.raises(ValueError, match="m_in"):
         M.MethodLoss.of("greg", m_in=-5.0, m_out=-7.0)
     with pytest.raises(ValueError, match="routing"):

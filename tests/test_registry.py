@@ -62,7 +62,7 @@ def _train(method: str, cfg: C.Config, log_every: int = 2) -> tuple[Trainer, lis
 
 # --------------------------------------------------------------------------------------------- the table itself
 def test_table_is_consistent():
-    assert registry.ORDER == ("energy", "oe", "oe_grad", "dos", "greg", "greg_plus")
+    assert registry.ORDER == ("energy", "oe", "oe_grad", "dos", "greg", "greg_plus", "poem", "poem_grad")
     assert registry.METHODS == ("ce",) + registry.ORDER
     cfg = _cfg()
     for m in registry.REGISTRY.values():
@@ -71,16 +71,16 @@ def test_table_is_consistent():
         if m.trained:  # the defining settings are valid training settings
             cfg.train_cfg("mini", m.name)
     assert registry.display_name("greg_plus") == "GReg+" and registry.display_name("oe_grad") == "OE + grad"
-    assert registry.penalty_pairs() == [("energy", "greg"), ("oe", "oe_grad")]
-    assert C.GradAblationCfg().pairs == [("energy", "greg"), ("oe", "oe_grad")]
-    assert registry.display_name("poem") == "poem"  # unknown names pass through (paper-only methods in the report)
-    with pytest.raises(ValueError, match="unknown method 'poem'.*greg_plus"):
-        registry.get("poem")
+    assert registry.penalty_pairs() == [("energy", "greg"), ("oe", "oe_grad"), ("poem", "poem_grad")]
+    assert C.GradAblationCfg().pairs == [("energy", "greg"), ("oe", "oe_grad"), ("poem", "poem_grad")]
+    assert registry.display_name("openmix") == "openmix"  # unknown names pass through (paper-only methods)
+    with pytest.raises(ValueError, match="unknown method 'openmix'.*greg_plus"):
+        registry.get("openmix")
 
 
 @pytest.mark.parametrize("bad,match", [
     (dict(terms=("energy",)), "terms must start with 'ce'"),
-    (dict(terms=("ce", "poem")), "terms must start with 'ce'"),
+    (dict(terms=("ce", "openmix")), "terms must start with 'ce'"),
     (dict(terms=("ce", "oe"), aux=False), "without auxiliary data"),
     (dict(terms=("ce",), extra_outputs=-1), "extra_outputs"),
     (dict(terms=("ce", "oe"), adds_penalty_to="oe"), "adds_penalty_to"),
@@ -101,12 +101,12 @@ def test_model_outputs_and_aux_batch_follow_the_entry(name):
     assert model(torch.zeros(2, 1, 28, 28)).shape[1] == K + entry.extra_outputs
     t = cfg.train_cfg("mini", "greg")  # the suite's shared settings: candidate_batch 384, B = 64
     n = pipeline.candidate_batch_size(t, name, n_id=36000, n_aux=50000)
-    assert n == (384 if entry.selection is not None else 64)
+    assert n == (384 if entry.selects else 64)
 
 
 def test_detection_scores_and_penalties():
     assert {n: m.detection_score for n, m in registry.REGISTRY.items() if m.detection_score} == {"dos": "absent_class"}
-    assert {n for n, m in registry.REGISTRY.items() if m.has_penalty} == {"oe_grad", "greg", "greg_plus"}
+    assert {n for n, m in registry.REGISTRY.items() if m.has_penalty} == {"oe_grad", "greg", "greg_plus", "poem_grad"}
     assert {n: m.selection.score for n, m in registry.REGISTRY.items() if m.selection} == \
         {"dos": "absent", "greg_plus": "energy"}
     # the penalty is on only with lambda_grad > 0, and never for a method without the term
@@ -150,7 +150,8 @@ def test_a_new_entry_works_without_touching_other_modules(monkeypatch):
         _cfg(raw)
     monkeypatch.setitem(registry.REGISTRY, "dos_grad", entry)
     cfg = _cfg(raw)
-    assert cfg.suite("mini").grad_ablation.pairs == [("energy", "greg"), ("oe", "oe_grad"), ("dos", "dos_grad")]
+    assert cfg.suite("mini").grad_ablation.pairs == [("energy", "greg"), ("oe", "oe_grad"), ("dos", "dos_grad"),
+                                                     ("poem", "poem_grad")]
     assert cfg.experiment("mini", "dos_grad", "small_cnn", 0).train.sampling.two_way is False
     tr, rows = _train("dos_grad", cfg)
     assert tr.model(torch.zeros(1, 1, 28, 28)).shape[1] == K + 1

@@ -206,6 +206,8 @@ def test_paper_comparison_difference(tmp_path):
     # paper rows for a method we did not run here (OE on the inferred DenseNet-101) → "not run"
     oe = t[(t["Source table"] == "greg_cifar10_plus_grad") & (t["Method"] == "OE")]
     assert (oe["Ours"] == "not run").all() and (oe["Paper"] != "n/r").all()
+    poem = t[t["Method"].isin(["POEM", "POEM + grad"])]  # our poem / poem_grad, not run in this fixture
+    assert len(poem) == 4 and (poem["Ours"] == "not run").all()
     # baselines we do not run stay, marked
     assert (t.loc[t["Method"] == "OpenMix", "Ours"] == "no counterpart").all()
     assert "reported (unverified)" in t.attrs["caption"]

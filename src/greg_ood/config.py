@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
 from . import registry
 from .registry import TrainMethod
@@ -122,6 +123,19 @@ class SamplingCfg(_Model):
         return self
 
 
+class PoemCfg(_Model):
+    """POEM's Bayesian linear model and posterior sampling (defaults: the official code's ``train_poem.py``)."""
+
+    #: σ, the prior variance of the linear weights (``--sigma``)
+    prior_var: float = Field(20.0, gt=0)
+    #: σ_n, the noise variance of the regression targets (``--sigma_n``)
+    noise_var: float = Field(0.5, gt=0)
+    #: the regression target: -target for ID rows, +target for outliers (``--conf``)
+    target: float = Field(3.0, gt=0)
+    #: epochs of features the posterior is fitted on (``--BUF_SIZE``)
+    buffer_epochs: int = Field(4, gt=0)
+
+
 class TrainCfg(_Model):
     init: Literal["pretrained", "scratch"] = "pretrained"
     epochs: int = Field(20, gt=0)
@@ -134,12 +148,23 @@ class TrainCfg(_Model):
     schedule: ScheduleCfg = Field(default_factory=ScheduleCfg)
     loss: LossCfg = Field(default_factory=LossCfg)
     sampling: SamplingCfg = Field(default_factory=SamplingCfg)
+    #: POEM's posterior settings; set for the methods that use them (registry ``settings``), else None
+    poem: Optional[PoemCfg] = None
     checkpoint_every: int = Field(200, gt=0)
     #: every N steps also measure the true mean ||grad_x E|| on the batch (eval-mode BN); 0 = off
     gradnorm_every: int = Field(50, ge=0)
     #: multi-process training: number of processes for torchrun (1 = plain single process)
     nproc: int = Field(1, ge=1)
     sync_batchnorm: bool = False
+
+    @model_serializer(mode="wrap")
+    def _without_unset_poem(self, handler):
+        """Dump without ``poem`` when it is None: the other methods' recorded settings (and the hashes made from
+        them) stay as they were before POEM existed."""
+        out = handler(self)
+        if isinstance(out, dict) and self.poem is None:
+            out.pop("poem", None)
+        return out
 
 
 class PretrainCfg(_Model):

@@ -138,9 +138,10 @@ def id_source(sd: SuiteData, cfg: C.Config, suite: str, *, batch_size: int, seed
 
 
 def candidate_batch_size(tcfg: C.TrainCfg, method: str, n_id: int, n_aux: int) -> int:
-    """Aux rows drawn per step: C = pool/|D_in|*B for the clustering methods (official rule), else B_aux."""
+    """Aux rows drawn per step: C = pool/|D_in|*B for the methods that select from candidates (the GReg+ official
+    rule; POEM scores the same candidate batch), else B_aux."""
     B = tcfg.batch_size
-    if registry.get(method).selection is None:
+    if not registry.get(method).selects:
         return tcfg.aux_batch_size or B
     s = tcfg.sampling
     if s.candidate_batch:

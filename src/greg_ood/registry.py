@@ -24,11 +24,11 @@ from __future__ import annotations
 import copy
 import difflib
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 from pydantic import AfterValidator
 
-__all__ = ["Method", "Selection", "REGISTRY", "METHODS", "ORDER", "TERMS", "get", "trained", "display_name",
+__all__ = ["Method", "Selection", "Selector", "REGISTRY", "METHODS", "ORDER", "TERMS", "get", "trained", "display_name",
            "check_trained", "TrainMethod", "penalty_pairs", "deep_merge", "resolve_settings"]
 
 #: the loss terms a method can sum (their names are also the keys of the training logs): cross-entropy on the ID
@@ -53,6 +53,13 @@ class Selection:
             raise ValueError(f"score: must be 'energy' or 'absent', got {self.score!r}")
 
 
+#: a stateful auxiliary-batch selector: built once per run by ``factory(train_cfg, reduce)`` (``reduce`` sums a tensor
+#: in place over the DDP ranks, or is None), it answers ``select(model, candidates, x_id, n_select, *, epoch,
+#: generator) -> (indices, roles or None)`` and carries its state in ``state_dict()`` / ``load_state_dict()``, which
+#: the trainer saves in and restores from its checkpoints (POEM's posterior, :class:`greg_ood.poem.PoemSelector`)
+Selector = Callable[[Any, Optional[Callable]], Any]
+
+
 @dataclass(frozen=True)
 class Method:
     """Everything the code asks about one method (see the module docstring)."""
@@ -66,6 +73,8 @@ class Method:
     aux: bool = True
     #: None: a random auxiliary batch of ``aux_batch_size`` rows; else chosen by clustering candidates
     selection: Optional[Selection] = None
+    #: a stateful selector factory (see :data:`Selector`) instead of the clustering ``selection``
+    selector: Optional[Selector] = None
     #: outputs beyond the K classes (DOS: 1, the absent class)
     extra_outputs: int = 0
     #: detection score at evaluation; None = the suite's ``eval.primary``
@@ -85,10 +94,19 @@ class Method:
             raise ValueError(f"{self.name}: terms must start with 'ce' and be among {TERMS}, got {self.terms}")
         if not self.aux and (len(self.terms) > 1 or self.selection is not None):
             raise ValueError(f"{self.name}: a method without auxiliary data has only the 'ce' term and no selection")
+        if self.selection is not None and self.selector is not None:
+            raise ValueError(f"{self.name}: give a clustering selection or a selector, not both")
+        if not self.aux and self.selector is not None:
+            raise ValueError(f"{self.name}: a method without auxiliary data has no selector")
         if self.extra_outputs < 0:
             raise ValueError(f"{self.name}: extra_outputs must be >= 0, got {self.extra_outputs}")
         if self.adds_penalty_to is not None and "grad" not in self.terms:
             raise ValueError(f"{self.name}: adds_penalty_to needs the 'grad' term")
+
+    @property
+    def selects(self) -> bool:
+        """Chooses its auxiliary batch from a larger candidate batch (clustering or a selector)."""
+        return self.selection is not None or self.selector is not None
 
     @property
     def has_penalty(self) -> bool:
@@ -98,6 +116,18 @@ class Method:
 
 _NO_GRAD = {"loss": {"lambda_grad": 0.0}}
 _NO_GRAD_NO_ENERGY = {"loss": {"lambda_grad": 0.0, "lambda_energy": 0.0}}
+
+#: POEM's posterior settings at their defaults (:class:`greg_ood.config.PoemCfg`; ``method_params`` may change them)
+_POEM = {"poem": {}}
+
+
+def _poem_selector(train_cfg, reduce=None):
+    """POEM's posterior-sampling selector with the run's ``poem`` settings (imported here: it needs torch)."""
+    from .config import PoemCfg
+    from .poem import PoemSelector
+
+    return PoemSelector(train_cfg.poem or PoemCfg(), reduce)
+
 
 #: every method, in table order (``ce`` first: it is the pretraining objective, not a table row)
 REGISTRY: dict[str, Method] = {m.name: m for m in (
@@ -118,6 +148,13 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     # Sharifi et al. 2024: energy loss plus the gradient penalty; GReg+ adds the energy-based cluster sampling
     Method("greg", "GReg", ("ce", "energy", "grad"), adds_penalty_to="energy", color="tab:red"),
     Method("greg_plus", "GReg+", ("ce", "energy", "grad"), selection=Selection("energy"), color="tab:orange"),
+    # Ming et al. 2022: the energy margin loss on the outliers closest to the boundary of a Thompson-sampled Bayesian
+    # linear model on the features; "POEM + grad" is the paper's ablation row (our combination: GReg's penalty on the
+    # same energies and margins, added to POEM's loss)
+    Method("poem", "POEM", ("ce", "energy"), selector=_poem_selector,
+           settings={**_NO_GRAD, **_POEM}, color="tab:brown"),
+    Method("poem_grad", "POEM + grad", ("ce", "energy", "grad"), selector=_poem_selector, settings=_POEM,
+           adds_penalty_to="poem", color="tab:pink"),
 )}
 
 #: every method name (the built-in table)

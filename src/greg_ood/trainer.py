@@ -166,6 +166,11 @@ def load_weights(model: torch.nn.Module, state: dict, *, extend_head: bool = Tru
     return {"extended": extended}
 
 
+def _all_reduce_sum(t: torch.Tensor) -> None:
+    """Sum ``t`` in place over the DDP ranks."""
+    torch.distributed.all_reduce(t)
+
+
 def _rng_state() -> dict:
     st = np.random.get_state()
     return {"torch": torch.get_rng_state(), "python": repr(random.getstate()),
@@ -280,6 +285,9 @@ class Trainer:
         self.uses_aux = job.entry.aux
         if self.uses_aux and sources.aux is None:
             raise ValueError(f"method {job.method!r} needs auxiliary outliers but Sources.aux is None")
+        self.selector = None  # a stateful selector (registry ``Method.selector``), its state saved in checkpoints
+        if job.entry.selector is not None:
+            self.selector = job.entry.selector(cfg, _all_reduce_sum if distributed is not None else None)
         self.global_step = 0
         self._last_components: dict = {}
 
@@ -289,7 +297,8 @@ class Trainer:
         return {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": epoch, "step": step,
                 "global_step": self.global_step, "config_hash": self.config_hash, "method": self.method,
-                "rng": _rng_state(), "extra": self.extra_state}
+                "rng": _rng_state(), "extra": self.extra_state,
+                "selector": self.selector.state_dict() if self.selector is not None else {}}
 
     def _check_weights(self, epoch: int, step: int) -> None:
         bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
@@ -331,18 +340,21 @@ class Trainer:
         self.scheduler.load_state_dict(ck["scheduler"])
         self.global_step = int(ck["global_step"])
         _set_rng_state(ck["rng"])
+        if self.selector is not None:
+            self.selector.load_state_dict(ck.get("selector", {}))
         loaded = dict(ck.get("extra", {}))
         loaded.pop("history", None)  # the caller restored the metric log from this checkpoint; keep its live list
         self.extra_state.update(loaded)
         return int(ck["epoch"]), int(ck["step"])
 
     # ---- auxiliary batch of one step
-    def aux_batch(self, epoch: int, step: int, n_id: int):
+    def aux_batch(self, epoch: int, step: int, n_id: int, x_id: Optional[torch.Tensor] = None):
         """Auxiliary rows for this step (and their roles for split routing); virtual aux epochs wrap the pool.
 
         Under DDP (``n_id`` is then this rank's ID share) the rank keeps its share of the global auxiliary or
         candidate batch; the clustering methods run the energy-based sampling on the rank's own candidates, with a
-        sampler stream of their own per rank (rank 0's equals the single-process stream)."""
+        sampler stream of their own per rank (rank 0's equals the single-process stream). A stateful selector also
+        reads the step's ID rows ``x_id`` (POEM fits its posterior on their features)."""
         src = self.aux_source
         g_index = epoch * self.steps_per_epoch + step
         aux_epoch, aux_step = divmod(g_index, src.steps_per_epoch)
@@ -351,12 +363,17 @@ class Trainer:
         if self.dist is not None:
             x_aux = self.dist.part(x_aux)
         selection = self.job.entry.selection
-        if selection is None:
+        if selection is None and self.selector is None:
             return x_aux, None
         s = self.cfg.sampling
         rank = self.dist.rank if self.dist is not None else 0
         gen = step_generator(self.seed, "sample" if rank == 0 else f"sample.rank{rank}", epoch, step, x_aux.device)
         model = self.model.module if hasattr(self.model, "module") else self.model
+        if self.selector is not None:
+            if x_id is None:
+                raise ValueError(f"x_id: method {self.method!r} selects with the step's ID rows; pass them")
+            idx, roles = self.selector.select(model, x_aux, x_id, n_id, epoch=epoch, generator=gen)
+            return x_aux[idx], roles
         idx, roles = M.select_auxiliary(
             model, x_aux, n_id, n_clusters=s.n_clusters, start=s.start, stop=s.stop, normalization=s.normalization,
             n_init=s.n_init, two_way=s.two_way, generator=gen,
@@ -385,7 +402,7 @@ class Trainer:
                     x_id, y_id = self.dist.part(x_id), self.dist.part(y_id)
                 if self.uses_aux:
                     try:
-                        x_aux, roles = self.aux_batch(epoch, step, x_id.shape[0])
+                        x_aux, roles = self.aux_batch(epoch, step, x_id.shape[0], x_id)
                     except ValueError as e:
                         if "nan" not in str(e).lower() and "inf" not in str(e).lower():
                             raise

@@ -19,7 +19,8 @@ from .names import (BENCHMARK_NAMES, MEAN, METHOD_NAMES, METRIC_NAMES, arch_key,
 SUITE_BENCHMARK = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet10"}
 #: paper method -> our method (anchor methods of the energy_ood README included)
 PAPER_TO_OUR_METHOD = {"energy_loss": "energy", "oe": "oe", "oe_grad": "oe_grad", "dos": "dos", "greg": "greg",
-                       "greg_plus": "greg_plus", "energy_finetune": "energy", "oe_finetune": "oe"}
+                       "greg_plus": "greg_plus", "poem": "poem", "poem_grad": "poem_grad", "energy_finetune": "energy",
+                       "oe_finetune": "oe"}
 PAPER_METHOD_NAMES = {"energy_loss": "Energy", "openmix": "OpenMix", "line": "LINe", "poem": "POEM",
                       "poem_grad": "POEM + grad", "msp_pretrained": "MSP (pretrained)",
                       "energy_score_pretrained": "Energy score (pretrained)", "oe_finetune": "OE fine-tune",
