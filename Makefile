@@ -2,6 +2,7 @@
 #   make mini    the main job: install, prepare the offline data, run the `mini` suite through `dvc repro`
 #   make test    the test suite (unit + real DVC/MLflow end-to-end on a tiny `mini` configuration)
 #   make bench   speed benchmark -> reports/bench/<device>.{md,json}
+#   make gpu-check  CUDA benchmark, bf16 check, epoch slice, CIFAR-10 projection -> reports/bench/gpu-check.{md,json}
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +11,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup mini repro test test-fast bench mlflow-ui mlflow-server dvc.yaml fashion-mnist
+.PHONY: setup mini repro test test-fast bench gpu-check mlflow-ui mlflow-server dvc.yaml fashion-mnist
 
 setup: $(VENV)/.installed
 
@@ -48,6 +49,10 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python -m greg_ood.cli.bench --out reports/bench
+
+# on a machine without CUDA: one line saying so, then the CPU smoke run of the same script (exit 0)
+gpu-check: setup
+	$(BIN)/python -m greg_ood.cli.gpu_check --out reports/bench
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(abspath mlflow.db)
