@@ -4,6 +4,8 @@
 #   make bench   speed benchmark -> reports/bench/<device>.{md,json}
 #   make fmnist  the offline evidence suite (about 2 h on 2 cores) -> reports/fmnist/
 #   make bench-pipeline  where a stage's wall time goes -> reports/bench/pipeline.{md,json}
+#   make gpu-check  CUDA benchmark, bf16 check, epoch slice, CIFAR-10 projection -> reports/bench/gpu-check.{md,json}
+#   make rehearsal  the paper suites' `dvc repro` on tiny format-true stand-ins (long; not part of `make test`)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +14,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup mini fmnist repro test test-fast bench bench-pipeline mlflow-ui mlflow-server dvc.yaml fashion-mnist readme
+.PHONY: setup mini fmnist repro test test-fast bench bench-pipeline gpu-check rehearsal mlflow-ui mlflow-server dvc.yaml fashion-mnist readme
 
 setup: $(VENV)/.installed
 
@@ -49,7 +51,12 @@ repro: setup
 	dvc repro
 
 test: setup fashion-mnist
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests -m "not rehearsal"
+
+# the paper suites' real `dvc repro report_<suite>` on tiny stand-ins served from 127.0.0.1 (about 1 h per suite on
+# 2 busy cores today, so not part of `make test` yet)
+rehearsal: setup
+	$(BIN)/python -m pytest -q tests/test_paper_suites_e2e.py -m rehearsal
 
 test-fast: setup
 	$(BIN)/python -m pytest -q tests -m "not slow"
@@ -63,6 +70,9 @@ bench-pipeline: setup
 # paste the generated result tables into README.md (tests/test_readme.py checks they match)
 readme: setup
 	$(BIN)/python tools/readme_sync.py
+# on a machine without CUDA: one line saying so, then the CPU smoke run of the same script (exit 0)
+gpu-check: setup
+	$(BIN)/python -m greg_ood.cli.gpu_check --out reports/bench
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(abspath mlflow.db)

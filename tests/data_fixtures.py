@@ -215,3 +215,62 @@ def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+# ----------------------------------------------------------------------------------------------------- paper stand-ins
+def _images(rng, names, h: int, w: int) -> dict[str, np.ndarray]:
+    return {n: rng.randint(0, 256, size=(h, w, 3)).astype(np.uint8) for n in names}
+
+
+def standin_archives(n: int = 8, seed: int = 0) -> dict[str, dict[str, bytes]]:
+    """dataset -> {file name: bytes}: tiny stand-ins of every downloadable paper dataset, under the real file names,
+    in the real container formats and member layouts (CIFAR python pickles, SVHN .mat, TI-300K .npy, tar(.gz) image
+    folders with JPEG members where the real archive has them). ``n`` images per split or folder."""
+    rng = np.random.RandomState(seed)
+    jpeg = lambda layout, compression="gz": image_folder_tarball(layout, compression, "JPEG")  # noqa: E731
+    dtd = jpeg({**_images(rng, [f"dtd/images/banded/banded_{i:04d}.jpg" for i in range(n // 2)], 48, 64),
+                **_images(rng, [f"dtd/images/zigzagged/zigzagged_{i:04d}.jpg" for i in range(n - n // 2)], 64, 48)})
+    out = {
+        "cifar10": {"cifar-10-python.tar.gz": cifar10_tarball(n_per_batch=n, seed=seed)[0]},
+        "cifar100": {"cifar-100-python.tar.gz": cifar100_tarball(n=5 * n, seed=seed + 1)[0]},
+        "tinyimages300k": {"300K_random_images.npy": npy_bytes(
+            rng.randint(0, 256, size=(12 * n, 32, 32, 3)).astype(np.uint8))},
+        "dtd": {"dtd-r1.0.1.tar.gz": dtd},
+        "dtd_imagenet": {"dtd-r1.0.1.tar.gz": dtd},
+        "svhn": {"test_32x32.mat": svhn_mat(n=n, seed=seed + 2)[0]},
+        "places365": {"val_256.tar": jpeg(_images(rng, [f"val_256/Places365_val_{i:08d}.jpg"
+                                                        for i in range(1, 2 * n + 1)], 256, 256), compression="")},
+        "lsun_crop": {"LSUN.tar.gz": jpeg(_images(rng, [f"LSUN/test/{i:04d}.jpg" for i in range(n)], 36, 36))},
+        "lsun_resize": {"LSUN_resize.tar.gz": jpeg(_images(rng, [f"LSUN_resize/{i:04d}.jpg" for i in range(n)],
+                                                           32, 32))},
+        "isun": {"iSUN.tar.gz": jpeg(_images(rng, [f"iSUN/iSUN_patches/{i:04d}.jpeg" for i in range(n)], 32, 32))},
+    }
+    for name, folder in (("inaturalist", "iNaturalist"), ("sun", "SUN"), ("places", "Places")):
+        out[name] = {f"{folder}.tar.gz": jpeg(_images(rng, [f"{folder}/images/{i:05d}.jpg" for i in range(n)],
+                                                      96, 80))}
+    return out
+
+
+def serve_standins(server: FileServer, names, n: int = 8, seed: int = 0) -> dict:
+    """Put the stand-ins of ``names`` on ``server``; return the $GREG_OOD_SOURCES document that points at them
+    (URL, md5 and size of each file)."""
+    archives = standin_archives(n, seed)
+    doc = {}
+    for name in names:
+        doc[name] = [{"filename": fn, "url": server.add(f"/{name}/{fn}", blob), "md5": md5(blob), "size": len(blob)}
+                     for fn, blob in archives[name].items()]
+    return doc
+
+
+def ilsvrc_tree(root: Path, id_wnids, other_wnids, per_class: int = 2, seed: int = 0, size=(72, 96)) -> Path:
+    """An extracted ILSVRC2012-style folder tree (train/<wnid>/<wnid>_<k>.JPEG for ID and other classes,
+    val/<wnid>/ILSVRC2012_val_*.JPEG for the ID classes) of small JPEGs."""
+    rng = np.random.RandomState(seed)
+    for w in list(id_wnids) + list(other_wnids):
+        for k in range(per_class):
+            write(root / "train" / w / f"{w}_{k}.JPEG", png(rng.randint(0, 256, size=(*size, 3)).astype(np.uint8),
+                                                             "JPEG"))
+    for i, w in enumerate(id_wnids):
+        write(root / "val" / w / f"ILSVRC2012_val_{i + 1:08d}.JPEG",
+              png(rng.randint(0, 256, size=(*size[::-1], 3)).astype(np.uint8), "JPEG"))
+    return root

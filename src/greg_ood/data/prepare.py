@@ -34,7 +34,7 @@ import numpy as np
 from ..io import remove_stale_dirs, write_json_atomic
 from .build import BuildContext, channel_stats, probe_hash, sha256_file
 from .registry import BUILDERS
-from .sources import DATASETS, DatasetSpec, Source, resolve_options, DOWNLOAD_OPTIONS
+from .sources import DATASETS, DatasetSpec, Source, resolve_options, source_override, DOWNLOAD_OPTIONS
 
 log = logging.getLogger("greg_ood.data")
 
@@ -170,14 +170,15 @@ def prepare(name: str, *, data_dir: Union[str, Path], options: Optional[dict] = 
 
     ``options``: the dataset's preparation options (``DATASETS[name].options`` plus, for downloadable sets,
     ``mirrors``/``retries``/``timeout``); an unknown key is an error. ``sources`` replaces registry entries by file
-    name (tests, private mirrors). A prepared copy made with the same options that passes the fast check is reused
+    name (tests); without it, ``$GREG_OOD_SOURCES`` may name a file of replacements (:func:`source_override`).
+    A prepared copy made with the same options that passes the fast check is reused
     unless ``force``."""
     if name not in DATASETS:
         raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
     spec = DATASETS[name]
     opts = resolve_options(spec, options)
     srcs = {s.filename: s for s in spec.sources}
-    for fname, s in (sources or {}).items():
+    for fname, s in (source_override(name) if sources is None else sources).items():
         srcs[fname] = s
     data_dir = Path(data_dir)
     out = data_dir / "prepared" / name

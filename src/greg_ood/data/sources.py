@@ -7,9 +7,17 @@ A :class:`Source` whose ``checksum_confirmed`` is False carries a value nobody h
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
+
+log = logging.getLogger("greg_ood.data")
+
+#: environment variable naming a JSON file of replacement sources (a local mirror); see :func:`source_override`
+SOURCES_ENV = "GREG_OOD_SOURCES"
 
 #: where to look for Fashion-MNIST's gzip files when ``dpkg -L dataset-fashion-mnist`` finds nothing: the Debian
 #: package's install folder unless ``GREG_OOD_FASHION_MNIST_DIR`` names another (e.g. a copy on a non-Debian host)
@@ -249,3 +257,75 @@ def resolve_options(spec: DatasetSpec, options: Optional[dict]) -> dict[str, Any
             raise ValueError(f"datasets.{spec.name}: unknown option {k!r}; accepted: {sorted(out)}")
         out[k] = v
     return out
+
+
+_OVERRIDE_KEYS = {"filename", "url", "urls", "md5", "sha256", "size"}
+
+
+def source_override(name: str, env: Optional[dict] = None) -> dict[str, Source]:
+    """Replacement sources for dataset ``name`` from the JSON file named by ``$GREG_OOD_SOURCES``; {} when unset.
+
+    The file maps dataset names to lists of files, each ``{"filename", "url" or "urls", "md5" or "sha256",
+    "size" (optional)}``: a local mirror, or the test servers of the dress rehearsal. A listed file replaces the
+    built-in source of the same file name (its URLs and checksum); datasets the file does not name keep theirs.
+    A malformed entry raises ``ValueError`` naming the file and the key. Every use is logged as a warning, so a run
+    that read from a mirror says so in its log."""
+    env = os.environ if env is None else env
+    path = env.get(SOURCES_ENV, "")
+    if not path:
+        return {}
+    doc = _read_override_file(Path(path))
+    if name not in doc:
+        return {}
+    entries = doc[name]
+    where = f"{path}: {name}"
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{where}: expected a non-empty list of files, got {entries!r}")
+    replaced = [_override_entry(DATASETS[name], e, f"{where}[{i}]") for i, e in enumerate(entries)]
+    out = {src.filename: src for src in replaced}
+    log.warning("%s: using source override from %s (%s) instead of the built-in URLs and checksums", name, path,
+                ", ".join(f"{s.filename} <- {s.urls[0]}" for s in out.values()))
+    return out
+
+
+def _read_override_file(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{SOURCES_ENV}={path}: no such file (unset the variable to use the built-in sources)")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{SOURCES_ENV}={path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected an object mapping dataset names to lists of files")
+    unknown = sorted(k for k in doc if k not in DATASETS or not any(s.downloadable for s in DATASETS[k].sources))
+    if unknown:
+        known = sorted(k for k, v in DATASETS.items() if any(s.downloadable for s in v.sources))
+        raise ValueError(f"{path}: {unknown} are not downloadable datasets; the file may name: {known}")
+    return doc
+
+
+def _override_entry(spec: DatasetSpec, e: Any, where: str) -> Source:
+    if not isinstance(e, dict):
+        raise ValueError(f"{where}: expected an object with filename, url and md5 or sha256, got {e!r}")
+    extra = sorted(set(e) - _OVERRIDE_KEYS)
+    if extra:
+        raise ValueError(f"{where}: unknown key(s) {extra}; accepted: {sorted(_OVERRIDE_KEYS)}")
+    names = [s.filename for s in spec.sources]
+    fname = e.get("filename")
+    if fname not in names:
+        raise ValueError(f"{where}.filename: {fname!r} is not a file of dataset {spec.name!r}; expected one of {names}")
+    urls = e.get("urls", [e["url"]] if "url" in e else [])
+    if isinstance(urls, str) or not urls or not all(isinstance(u, str) and u for u in urls):
+        raise ValueError(f"{where}: give 'url' (a string) or 'urls' (a non-empty list of strings)")
+    md5, sha = e.get("md5"), e.get("sha256")
+    if not (md5 or sha):
+        raise ValueError(f"{where}: a checksum is required ('md5' or 'sha256'); the download is verified against it")
+    for key, value, n in (("md5", md5, 32), ("sha256", sha, 64)):
+        if value is not None and (not isinstance(value, str) or len(value) != n
+                                  or any(c not in "0123456789abcdef" for c in value.lower())):
+            raise ValueError(f"{where}.{key}: {value!r} is not a {n}-digit hex digest")
+    size = e.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        raise ValueError(f"{where}.size: {size!r} is not a positive integer (bytes)")
+    return Source(fname, tuple(urls), md5=md5.lower() if md5 else None, sha256=sha.lower() if sha else None,
+                  size=size, approx_size="from the source override")

@@ -1,0 +1,65 @@
+"""`make gpu-check` on a machine without CUDA: one line saying so, then the CPU smoke path of the same script (every
+part: benchmark, bf16 check, epoch slice, profiler, projection) writes its report; plus the parts with known answers."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from greg_ood import config as C
+from greg_ood.cli import gpu_check as G
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_merged_busy_counts_overlapping_kernels_once():
+    assert G.merged_busy_us([]) == 0.0
+    assert G.merged_busy_us([(20, 30), (0, 10), (5, 15)]) == 25.0  # [0, 15] + [20, 30]
+    assert G.merged_busy_us([(0, 10), (2, 3), (10, 12)]) == 12.0
+
+
+def test_projection_arithmetic_with_known_step_times():
+    cfg = C.load(ROOT / "params.yaml")
+    st = {"energy": 0.1, "greg": 0.3, "greg_plus": 0.5}
+    timed = {a: {"seconds_per_step": st, "eval_images_per_s": 1000.0} for a in cfg.suite("cifar10").archs}
+    p = G.project_suite(cfg, "cifar10", timed)
+    assert p["complete"] and p["counts"]["train"] == 50000 and p["counts"]["aux"] == 300000
+    s = cfg.suite("cifar10")
+    spe = math.ceil(50000 / 64)
+    greg_plus = p["rows"]["train (main, greg_plus step)"]
+    assert greg_plus["stages"] == len(s.archs) * len(s.seeds)
+    assert greg_plus["steps"] == greg_plus["stages"] * 60 * spe
+    assert greg_plus["seconds"] == pytest.approx(greg_plus["steps"] * 0.5)
+    dos = p["rows"]["train (main, dos step)"]  # energy step + GReg+'s selection overhead = 0.1 + 0.5 - 0.3
+    assert dos["seconds"] == pytest.approx(dos["steps"] * 0.3)
+    pre = p["rows"]["pretrain"]  # 100 epochs of ceil(50000 / 128) steps at the energy-step cost (128 images)
+    assert pre["steps"] == len(s.archs) * 100 * math.ceil(50000 / 128)
+    assert pre["seconds"] == pytest.approx(pre["steps"] * 0.1)
+    assert p["total_s"] == pytest.approx(sum(r["seconds"] for r in p["rows"].values()))
+    assert not G.project_suite(cfg, "cifar10", {})["complete"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_without_cuda_says_so_and_runs_the_smoke_path(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "greg_ood.cli.gpu_check", "--out", str(tmp_path), "--params",
+                        str(ROOT / "params.yaml")], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("gpu-check: no CUDA device") and "--device cpu --smoke" in first
+    res = json.loads((tmp_path / "gpu-check-smoke.json").read_text())
+    assert res["smoke"] and set(res["bench"]["models"]) == {"small_cnn"}
+    bf = res["bf16"]["small_cnn"]
+    assert set(bf["loss"]) == {"ce", "energy", "grad", "total"} and 0 <= bf["grad"]["rel_l2"] and bf["pass"]
+    sl = res["slice"]
+    assert sl["candidates"] == 384 // 64 * 4 and sl["ours_s_per_step"] > 0 and sl["official_s_per_step"] > 0
+    assert sl["busy"]["fraction"] is None and sl["busy"]["reason"] == "no CUDA device"
+    assert res["projection"]["complete"] and res["projection"]["total_s"] > 0
+    md = (tmp_path / "gpu-check-smoke.md").read_text()
+    for heading in ("Step benchmark", "bf16 autocast against fp32", "WRN-40-2 GReg+ epoch", "Projected wall time"):
+        assert heading in md
+    assert "**total** | 135 |" in md  # every stage of report_cifar10 (3 seeds) is projected
