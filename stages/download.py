@@ -6,6 +6,7 @@ import json
 
 from greg_ood import data, pipeline, tracking
 from greg_ood.runguard import StageError
+from greg_ood.runinfo import RunInfo
 
 
 def main() -> None:
@@ -18,7 +19,7 @@ def main() -> None:
     if args.dataset not in data.DATASETS:
         raise StageError(f"unknown dataset {args.dataset!r}; known: {sorted(data.DATASETS)}")
     opts = cfg.dataset_options(args.dataset)
-    with tracking.stage_run("download", f"download@{args.dataset}", suite="data", params={"options": opts},
+    with tracking.stage_run(RunInfo("download", dataset=args.dataset), params={"options": opts},
                             experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:
         manifest = data.prepare(args.dataset, data_dir=pipeline.paths(cfg).data, options=opts)
         run.log_dict(manifest, "manifest.json")
