@@ -49,8 +49,9 @@ test-fast: setup
 bench: setup
 	$(BIN)/python -m greg_ood.cli.bench --out reports/bench
 
+PORT ?= 5000
 mlflow-ui: setup
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(abspath mlflow.db)
+	$(BIN)/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(abspath mlflow.db)
 
 dvc.yaml: setup
 	$(BIN)/python -m greg_ood.dvcgen params.yaml > dvc.yaml.tmp && mv dvc.yaml.tmp dvc.yaml
