@@ -5,7 +5,6 @@ import argparse
 from urllib.parse import urlparse
 
 from greg_ood import data, pipeline, tracking
-from greg_ood.data.check import suite_datasets
 from greg_ood.runguard import StageError
 from greg_ood.runinfo import RunInfo
 
@@ -53,7 +52,7 @@ def summary_line(stage: str, manifest: dict, reused: bool) -> str:
 
 
 def _check_hint(cfg, dataset: str) -> str:
-    suites = [s for s in cfg.params.suites if dataset in suite_datasets(cfg, s)]
+    suites = [s for s in cfg.params.suites if dataset in data.suite_datasets(cfg, s)]
     cmds = " or ".join(f"`python -m greg_ood.data check --suite {s}`" for s in suites) or \
         "`python -m greg_ood.data check --suite <suite>`"
     return (f"Every file a suite needs (sizes, checksums, sources, where to place them): {cmds}; "
