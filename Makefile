@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup mini repro test test-fast bench mlflow-ui mlflow-server dvc.yaml fashion-mnist
+.PHONY: setup mini repro test test-fast bench mlflow-ui mlflow-server dvc.yaml fashion-mnist plots
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,10 @@ bench: setup
 PORT ?= 5000
 mlflow-ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(abspath mlflow.db)
+
+# `dvc plots show` as a page that opens offline (Vega inlined) -> dvc_plots/index.html
+plots: setup
+	$(BIN)/python -m greg_ood.cli.plots_page -o dvc_plots
 
 dvc.yaml: setup
 	$(BIN)/python -m greg_ood.dvcgen params.yaml > dvc.yaml.tmp && mv dvc.yaml.tmp dvc.yaml
