@@ -53,9 +53,9 @@ PORT ?= 5000
 mlflow-ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(abspath mlflow.db)
 
-# `dvc plots show` as a page that opens offline (Vega inlined) -> dvc_plots/index.html
+# `dvc plots show` as a page that opens offline (Vega inlined) -> dvc_plots/index.html; SUITE=mini for one suite
 plots: setup
-	$(BIN)/python -m greg_ood.cli.plots_page -o dvc_plots
+	$(BIN)/python -m greg_ood.cli.plots_page -o dvc_plots $(if $(SUITE),--suite $(SUITE))
 
 dvc.yaml: setup
 	$(BIN)/python -m greg_ood.dvcgen params.yaml > dvc.yaml.tmp && mv dvc.yaml.tmp dvc.yaml

@@ -7,9 +7,7 @@ import sys
 
 import pytest
 
-from greg_ood.cli.plots_page import external_references
-
-pytest.importorskip("vl_convert")
+from greg_ood.cli.plots_page import existing_plots, external_references
 
 
 def test_external_reference_detector_can_fail():
@@ -18,7 +16,18 @@ def test_external_reference_detector_can_fail():
     assert not external_references('<script type="text/javascript">var u = "https://vega.github.io/";</script>')
 
 
+def test_only_plots_with_data_are_shown(tmp_path):
+    (tmp_path / "a.csv").write_text("step,total\n1,2\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "plots:\n  - mini loss by method:\n      x: step\n      y: {a.csv: total, gone.csv: total}\n"
+        "  - cifar10 loss by method:\n      x: step\n      y: {b.csv: total}\n  - a.csv:\n      y: total\n")
+    assert existing_plots(tmp_path / "dvc.yaml") == ["mini loss by method", "a.csv"]
+    assert existing_plots(tmp_path / "dvc.yaml", "mini") == ["mini loss by method"]
+    assert existing_plots(tmp_path / "dvc.yaml", "cifar10") == []
+
+
 def test_offline_page_has_no_external_script_and_embeds_the_plot(tmp_path):
+    pytest.importorskip("vl_convert")
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     run = lambda *a: subprocess.run(a, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # noqa: E731
     assert run("git", "init", "-q").returncode == 0 and run("dvc", "init", "-q").returncode == 0

@@ -3,7 +3,8 @@
 DVC's own page loads Vega, Vega-Lite and Vega-Embed from a CDN, so it is blank without internet. This command writes
 an HTML template with those libraries inlined (the bundle that the ``vl-convert-python`` package ships) and leaves
 out DVC's ``{scripts}`` placeholder (the CDN tags), then runs ``dvc plots show --html-template`` with it. The page
-has no external reference and opens from disk on a machine without network access.
+has no external reference and opens from disk on a machine without network access. Only the plots whose data exist
+are shown (no empty slots for suites that never ran); ``--suite S`` keeps one suite's.
 """
 from __future__ import annotations
 
@@ -55,15 +56,34 @@ def external_references(html: str) -> list[str]:
     return EXTERNAL.findall(html)
 
 
+def existing_plots(dvc_yaml: Path, suite: Optional[str] = None) -> list[str]:
+    """The top-level plots of ``dvc_yaml`` with at least one data file present (those of ``suite`` only: their
+    names start with the suite, as dvcgen writes them)."""
+    import yaml
+
+    out = []
+    for entry in (yaml.safe_load(dvc_yaml.read_text()) or {}).get("plots", []):
+        name, spec = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
+        files = list((spec or {}).get("y", {})) if isinstance((spec or {}).get("y"), dict) else [name]
+        if any((dvc_yaml.parent / f).is_file() for f in files) and (suite is None or name.startswith(f"{suite} ")):
+            out.append(name)
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m greg_ood.cli.plots_page", description=__doc__.split("\n\n")[0])
     ap.add_argument("-o", "--out", default="dvc_plots", help="output folder (index.html)")
-    ap.add_argument("targets", nargs="*", help="plots to show (default: all of dvc.yaml's)")
+    ap.add_argument("--suite", help="only this suite's plots")
+    ap.add_argument("targets", nargs="*", help="plots to show (default: dvc.yaml's plots whose data exist)")
     args = ap.parse_args(argv)
+    targets = args.targets or existing_plots(Path("dvc.yaml"), args.suite)
+    if not targets:
+        print("error: no plot has data yet; run `dvc repro report_<suite>` first", file=sys.stderr)
+        return 1
     with tempfile.TemporaryDirectory() as tmp:
         tpl = Path(tmp) / "offline.html"
         tpl.write_text(offline_template(), encoding="utf8")
-        r = subprocess.run(["dvc", "plots", "show", "--html-template", str(tpl), "-o", args.out, *args.targets],
+        r = subprocess.run(["dvc", "plots", "show", "--html-template", str(tpl), "-o", args.out, *targets],
                            capture_output=True, text=True)
     if r.returncode != 0:
         print(r.stdout + r.stderr, file=sys.stderr)
