@@ -32,7 +32,8 @@ def test_offline_page_has_no_external_script_and_embeds_the_plot(tmp_path):
     run = lambda *a: subprocess.run(a, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # noqa: E731
     assert run("git", "init", "-q").returncode == 0 and run("dvc", "init", "-q").returncode == 0
     (tmp_path / "curve.csv").write_text("step,loss\n1,2.0\n2,1.5\n3,1.25\n")
-    (tmp_path / "dvc.yaml").write_text("plots:\n  - curve.csv:\n      x: step\n      y: loss\n")
+    (tmp_path / "dvc.yaml").write_text("plots:\n  - mini loss (total) by method:\n      x: step\n      y: {curve.csv: loss}\n"
+                                       "  - cifar10 loss:\n      x: step\n      y: {gone.csv: loss}\n")
     default = run("dvc", "plots", "show", "-o", "cdn")
     assert default.returncode == 0, default.stderr
     assert external_references((tmp_path / "cdn" / "index.html").read_text())  # DVC's own page needs the internet
@@ -40,5 +41,6 @@ def test_offline_page_has_no_external_script_and_embeds_the_plot(tmp_path):
     assert r.returncode == 0, r.stderr
     page = (tmp_path / "offline" / "index.html").read_text()
     assert external_references(page) == []
-    assert "vegaEmbed(" in page and "1.25" in page
+    assert "vegaEmbed(" in page and "1.25" in page and 'id = "mini_loss__total__by_method"' in page
+    assert "cifar10" not in page  # a plot without data leaves no empty slot
     assert "vega-embed" in page.lower() and len(page) > 200_000  # the libraries are inlined

@@ -16,6 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+#: the Vega-Lite release of the bundle: the newest v5 (DVC writes its plot specs for Vega-Lite v5)
+VEGA_LITE = "5.21"
+
 #: an external script or stylesheet a browser would fetch
 EXTERNAL = re.compile(r"""<(?:script|link)\b[^>]*\b(?:src|href)\s*=\s*["']?(?:https?:)?//""", re.IGNORECASE)
 
@@ -47,7 +50,7 @@ def offline_template() -> str:
     except ImportError:
         raise SystemExit("error: the offline plots page needs the package vl-convert-python "
                          "(`pip install -r requirements.txt`)") from None
-    bundle = vl_convert.javascript_bundle().replace("</script", "<\\/script")
+    bundle = vl_convert.javascript_bundle(vl_version=VEGA_LITE).replace("</script", "<\\/script")
     return PAGE.format(bundle=bundle)
 
 
@@ -70,13 +73,20 @@ def existing_plots(dvc_yaml: Path, suite: Optional[str] = None) -> list[str]:
     return out
 
 
+def as_target(name: str) -> str:
+    """A ``dvc plots show`` target selecting the plot ``name`` only. DVC reads targets as regular expressions and
+    does not match backslash-escaped ones, so every character other than a letter, digit, ``_``, ``-`` or space
+    becomes ``.``, and the end is anchored."""
+    return re.sub(r"[^\w\- ]", ".", name) + "$"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m greg_ood.cli.plots_page", description=__doc__.split("\n\n")[0])
     ap.add_argument("-o", "--out", default="dvc_plots", help="output folder (index.html)")
     ap.add_argument("--suite", help="only this suite's plots")
     ap.add_argument("targets", nargs="*", help="plots to show (default: dvc.yaml's plots whose data exist)")
     args = ap.parse_args(argv)
-    targets = args.targets or existing_plots(Path("dvc.yaml"), args.suite)
+    targets = args.targets or [as_target(n) for n in existing_plots(Path("dvc.yaml"), args.suite)]
     if not targets:
         print("error: no plot has data yet; run `dvc repro report_<suite>` first", file=sys.stderr)
         return 1
