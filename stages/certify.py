@@ -1,4 +1,4 @@
-"""certify (per suite): the distribution of ||grad_x E(x)|| and the first-order certified radius
+"""certify_<S>: the distribution of ||grad_x E(x)|| and the first-order certified radius
 min(eps, |gamma - E(x)| / ||grad_x E(x)||) per test set, ID vs OOD, for models trained with and without GReg
 (the paper's Lipschitz argument; gamma = the energy threshold keeping 95 % of ID test data)."""
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""evaluate@<method>-<arch>-<seed> (per suite): every configured score on the ID test set and each OOD set."""
+"""evaluate_<S>@<method>-<arch>-<seed> (and evaluate_<S>_ablation@<lambda>-<seed>): every configured score on the ID
+test set and each OOD set."""
 from __future__ import annotations
 
 from greg_ood import pipeline, registry, tracking

@@ -1,4 +1,4 @@
-"""pretrain@<suite>-<arch>: plain cross-entropy training on the ID set (the model GReg fine-tunes)."""
+"""pretrain_<S>@<arch>: plain cross-entropy training on the ID set (the model GReg fine-tunes)."""
 from __future__ import annotations
 
 from greg_ood import pipeline

@@ -1,4 +1,4 @@
-"""report (per suite): paper-style tables (Markdown, LaTeX, CSV), the claims table with computed verdicts, the paper's
+"""report_<S>: paper-style tables (Markdown, LaTeX, CSV), the claims table with computed verdicts, the paper's
 numbers side by side, the lambda_grad ablation and gradient-term ablation tables, paired per-seed differences and
 figures under reports/<suite>/, and one summary metrics file per method under metrics/<suite>/summary/."""
 from __future__ import annotations

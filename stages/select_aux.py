@@ -1,4 +1,4 @@
-"""select@<arch> (per suite): energy-based auxiliary subset selection with the pretrained model.
+"""select_<S>@<arch>: energy-based auxiliary subset selection with the pretrained model.
 
 The pretrained model scores energy and penultimate features for the whole auxiliary pool; features are normalised and
 clustered; per cluster the lowest-energy (informative) and, two-way, highest-energy members are kept, topped up at

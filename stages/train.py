@@ -1,4 +1,4 @@
-"""train@<method>-<arch>-<seed> (per suite): fine-tune (or train from scratch) one method on one architecture/seed.
+"""train_<S>@<method>-<arch>-<seed>: fine-tune (or train from scratch) one method on one architecture/seed.
 
 With --lambda-grad the run is a point of the suite's lambda_grad ablation (experiment name gets `-lg<value>`).
 With train.nproc > 1 the stage re-executes itself under torchrun (DDP; docs/scale-out.md).

@@ -47,7 +47,7 @@ def test_lists_every_file_of_every_dataset_with_status(tmp_path):
     rows = {ln.split("|")[3].strip(): ln.split("|")[1].strip() for ln in text.splitlines()[3:-1]}
     assert rows["cifar-10-python.tar.gz"] == "present"
     assert rows["dtd-r1.0.1.tar.gz"] == "prepared"
-    assert rows["300K_random_images.npy"] == "present"  # no exact published size: any length is present (verified at use)
+    assert rows["300K_random_images.npy"] == "present"  # no exact published size: present (verified when used)
     assert rows["val_256.tar"] == "MISSING" and rows["iSUN.tar.gz"] == "MISSING"
     assert bad == 6 and str(_raw(data, "isun")[0]) in text and "dvc repro report_cifar10" in text
 
@@ -66,8 +66,10 @@ def test_cli_exit_status_and_bad_suite(tmp_path):
     raw["project"]["data_dir"] = str(tmp_path / "data")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "greg_ood.data", "check", "--params", str(params), *a],  # noqa: E731
-                                    capture_output=True, text=True, timeout=120)
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "greg_ood.data", "check", "--params", str(params), *a],
+                              capture_output=True, text=True, timeout=120)
+
     r = run("--suite", "cifar10")
     assert r.returncode == 1 and "9 missing or wrong" in r.stdout and r.stdout.count("| MISSING") == 9
     r = run("--suite", "nope")
