@@ -3,6 +3,7 @@ metric point, an unreachable server fails at start, a copied clone never writes 
 a corrupt store is named with the fix."""
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -189,3 +190,17 @@ def test_corrupt_store_is_named_with_the_fix(tmp_path, monkeypatch):
             pytest.fail("the stage body must not run")
     msg = str(ei.value)
     assert str(tmp_path / "mlflow.db") in msg and f"mv {tmp_path / 'mlflow.db'}" in msg and "\n" not in msg
+
+
+def test_queue_ablation_collects_evaluate_results_by_method_tag(store, tmp_path, monkeypatch):
+    from greg_ood.cli.exps import collect_results
+
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-1")
+    for m in ("greg", "greg_plus"):
+        doc = tmp_path / f"mini-{m}-small_cnn-s0.json"
+        doc.write_text(json.dumps({"experiment": f"mini-{m}-small_cnn-s0", "method": m}))
+        with tracking.stage_run(RunInfo("evaluate", suite="mini", method=m, arch="small_cnn", seed=0)) as run:
+            run.log_file(doc, "results.json")
+    docs = collect_results("mini", "greg")
+    assert [(d["method"], d["experiment"], d["dvc_exp_name"]) for d in docs] == \
+        [("greg", "mini-greg-small_cnn-s0@exp-1", "exp-1")]
