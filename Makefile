@@ -2,6 +2,8 @@
 #   make mini    the main job: install, prepare the offline data, run the `mini` suite through `dvc repro`
 #   make test    the test suite (unit + real DVC/MLflow end-to-end on a tiny `mini` configuration)
 #   make bench   speed benchmark -> reports/bench/<device>.{md,json}
+#   make plots   dvc plots show as a page that opens offline (SUITE=mini for one suite)
+#   make mlflow-ui PORT=5000   browse the MLflow runs on 127.0.0.1
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -34,8 +36,8 @@ fashion-mnist:
 mini: setup fashion-mnist
 	@git rev-parse HEAD >/dev/null 2>&1 || (echo "error: run inside the git clone of greg-ood"; exit 2)
 	time dvc repro report_mini
-	dvc metrics show --md $$(ls metrics/mini/eval/*.json | grep -v -- '-lg') | head -40
-	@echo "Tables and figures: reports/mini/ — browse runs: make mlflow-ui"
+	dvc metrics show --md metrics/mini/summary
+	@echo "Tables and figures: reports/mini/ — plots (offline page): make plots SUITE=mini — browse runs: make mlflow-ui"
 
 repro: setup
 	dvc repro
