@@ -29,7 +29,7 @@ def main() -> None:
     sets = {"id": sd.id_test.images, **{k: v.images for k, v in sd.ood.items()}}
     sets = {k: v[np.sort(rng.choice(len(v), min(cc.count, len(v)), replace=False))] for k, v in sets.items()}
     summary, arrays = {}, {}
-    with tracking.stage_run(RunInfo("certify", suite=args.suite, arch=arch, seed=seed),
+    with tracking.stage_run(RunInfo("certify", suite=args.suite, arch=arch),
                             params={"certify": cc.model_dump()},
                             experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:
         for method in cc.methods:
