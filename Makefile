@@ -6,6 +6,8 @@
 #   make bench-pipeline  where a stage's wall time goes -> reports/bench/pipeline.{md,json}
 #   make gpu-check  CUDA benchmark, bf16 check, epoch slice, CIFAR-10 projection -> reports/bench/gpu-check.{md,json}
 #   make rehearsal  the paper suites' `dvc repro` on tiny format-true stand-ins (long; not part of `make test`)
+#   make plots   dvc plots show as a page that opens offline (SUITE=mini for one suite)
+#   make mlflow-ui PORT=5000   browse the MLflow runs on 127.0.0.1
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +16,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup mini fmnist repro test test-fast bench bench-pipeline gpu-check rehearsal mlflow-ui mlflow-server dvc.yaml fashion-mnist readme
+.PHONY: setup mini fmnist repro test test-fast bench bench-pipeline gpu-check rehearsal mlflow-ui mlflow-server dvc.yaml fashion-mnist readme plots
 
 setup: $(VENV)/.installed
 
@@ -39,7 +41,7 @@ mini: setup fashion-mnist
 	@git rev-parse HEAD >/dev/null 2>&1 || (echo "error: run inside the git clone of greg-ood"; exit 2)
 	time dvc repro report_mini
 	dvc metrics show --md metrics/mini/summary
-	@echo "Tables and figures: reports/mini/ — browse runs: make mlflow-ui"
+	@echo "Tables and figures: reports/mini/ — plots (offline page): make plots SUITE=mini — browse runs: make mlflow-ui"
 
 fmnist: setup fashion-mnist
 	@git rev-parse HEAD >/dev/null 2>&1 || (echo "error: run inside the git clone of greg-ood"; exit 2)
@@ -74,8 +76,13 @@ readme: setup
 gpu-check: setup
 	$(BIN)/python -m greg_ood.cli.gpu_check --out reports/bench
 
+PORT ?= 5000
 mlflow-ui: setup
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(abspath mlflow.db)
+	$(BIN)/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(abspath mlflow.db)
+
+# `dvc plots show` as a page that opens offline (Vega inlined) -> dvc_plots/index.html; SUITE=mini for one suite
+plots: setup
+	$(BIN)/python -m greg_ood.cli.plots_page -o dvc_plots $(if $(SUITE),--suite $(SUITE))
 
 dvc.yaml: setup
 	$(BIN)/python -m greg_ood.dvcgen params.yaml > dvc.yaml.tmp && mv dvc.yaml.tmp dvc.yaml

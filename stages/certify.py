@@ -1,4 +1,4 @@
-"""certify (per suite): the distribution of ||grad_x E(x)|| and the first-order certified radius
+"""certify_<S>: the distribution of ||grad_x E(x)|| and the first-order certified radius
 min(eps, |gamma - E(x)| / ||grad_x E(x)||) per test set, ID vs OOD, for models trained with and without GReg
 (the paper's Lipschitz argument; gamma = the energy threshold keeping 95 % of ID test data)."""
 from __future__ import annotations
@@ -12,6 +12,7 @@ from greg_ood.data import iter_eval
 from greg_ood.evaluation import forward_all
 from greg_ood.io import write_json_atomic, write_npz_atomic
 from greg_ood.report.fig_certify import plot_certify
+from greg_ood.runinfo import RunInfo
 from greg_ood.scores import energy
 
 
@@ -29,13 +30,14 @@ def main() -> None:
     sets = {"id": sd.id_test.images, **{k: v.images for k, v in sd.ood.items()}}
     sets = {k: v[np.sort(rng.choice(len(v), min(cc.count, len(v)), replace=False))] for k, v in sets.items()}
     summary, arrays = {}, {}
-    with tracking.stage_run("certify", f"certify@{args.suite}", suite=args.suite, params={"certify": cc.model_dump()},
+    with tracking.stage_run(RunInfo("certify", suite=args.suite, arch=arch),
+                            params={"certify": cc.model_dump()},
                             experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:
         for method, seed in ((m, sd_) for m in cc.methods for sd_ in seeds):
             exp = cfg.experiment(args.suite, method, arch, seed)
             model = pipeline.load_model(P.model(args.suite, exp.name),
                                         pipeline.build_model(cfg, args.suite, arch, method), device,
-                                        stage=pipeline.train_stage(exp))
+                                        stage=RunInfo.of_experiment("train", exp).dvc_stage)
             e_id, _ = forward_all(model, sd.id_test.images, mean=sd.mean, std=sd.std, device=device)
             gamma = float(CT.threshold_at_tpr(energy(e_id), tpr=s.eval.tpr))
             norms, radii = {}, {}
@@ -56,8 +58,8 @@ def main() -> None:
             write_npz_atomic(P.certify_npz(args.suite, exp.name), arrays)
             arrays = {}
             plot_certify(norms, radii, out / f"{exp.name}.png")
-            run.log_metrics({f"{method}.s{seed}.{k}.grad_norm_median": v["grad_norm_median"]
-                             for k, v in summary[exp.name]["per_set"].items()})
+            run.log_metrics({f"certify/{method}/s{seed}/{k}/{m}": v[m] for k, v in summary[exp.name]["per_set"].items()
+                             for m in ("grad_norm_median", "radius_median")})
         write_json_atomic(out / "certify.json", summary)
         run.log_artifact(out, "certify")
 

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
+from urllib.parse import urlparse
 
 from greg_ood import data, pipeline, tracking
 from greg_ood.runguard import StageError
+from greg_ood.runinfo import RunInfo
 
 
 def main() -> None:
@@ -18,11 +19,44 @@ def main() -> None:
     if args.dataset not in data.DATASETS:
         raise StageError(f"unknown dataset {args.dataset!r}; known: {sorted(data.DATASETS)}")
     opts = cfg.dataset_options(args.dataset)
-    with tracking.stage_run("download", f"download@{args.dataset}", suite="data", params={"options": opts},
+    info = RunInfo("download", dataset=args.dataset)
+    ddir = pipeline.paths(cfg).data
+    reused = (ddir / "prepared" / args.dataset / "manifest.json").is_file()
+    with tracking.stage_run(info, params={"options": opts},
                             experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:
-        manifest = data.prepare(args.dataset, data_dir=pipeline.paths(cfg).data, options=opts)
+        try:
+            manifest = data.prepare(args.dataset, data_dir=ddir, options=opts)
+        except data.DownloadError as e:
+            raise StageError(f"{info.dvc_stage}: {e}\n{_check_hint(cfg, args.dataset)}") from e
         run.log_dict(manifest, "manifest.json")
-        print(json.dumps({k: v for k, v in manifest.items() if k in ("name", "splits")}, default=str)[:2000])
+        print(summary_line(info.dvc_stage, manifest, reused))
+
+
+def summary_line(stage: str, manifest: dict, reused: bool) -> str:
+    """``download@X: N images in K splits (train 60,000, test 10,000), md5 ok, downloaded from host``."""
+    splits = manifest.get("splits", {})
+    n = sum(int(s.get("count", 0)) for s in splits.values())
+    parts = ", ".join(f"{k} {int(v.get('count', 0)):,}" for k, v in splits.items())
+    srcs = manifest.get("sources", [])
+    checks = sorted({a for s in srcs for a in ("sha256", "md5") if s.get(a)})
+    verified = f"{'/'.join(checks)} ok" if checks else "no download"
+    hosts = sorted({urlparse(s.get("url_used", "")).netloc for s in srcs} - {""})
+    if reused:
+        origin = "prepared copy reused"
+    elif hosts:
+        origin = "downloaded from " + ", ".join(hosts)
+    else:
+        origin = "local copy" if srcs else "built locally"
+    plural = "s" if len(splits) != 1 else ""
+    return f"{stage}: {n:,} images in {len(splits)} split{plural} ({parts}), {verified}, {origin}"
+
+
+def _check_hint(cfg, dataset: str) -> str:
+    suites = [s for s in cfg.params.suites if dataset in data.suite_datasets(cfg, s)]
+    cmds = " or ".join(f"`python -m greg_ood.data check --suite {s}`" for s in suites) or \
+        "`python -m greg_ood.data check --suite <suite>`"
+    return (f"Every file a suite needs (sizes, checksums, sources, where to place them): {cmds}; "
+            "`dvc repro -k` tries the other downloads too.")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
-"""evaluate@<method>-<arch>-<seed> (per suite): every configured score on the ID test set and each OOD set."""
+"""evaluate_<S>@<method>-<arch>-<seed> (and evaluate_<S>_ablation@<lambda>-<seed>): every configured score on the ID
+test set and each OOD set."""
 from __future__ import annotations
-
-import json
 
 from greg_ood import pipeline, registry, tracking
 from greg_ood.evaluation import evaluate
 from greg_ood.io import write_json_atomic, write_npz_atomic
+from greg_ood.runinfo import RunInfo, eval_metrics
 
 
 def main() -> None:
@@ -18,10 +18,11 @@ def main() -> None:
     sd = pipeline.suite_data(cfg, args.suite, aux=False, ood=True)
     model = pipeline.load_model(P.model(args.suite, exp.name),
                                 pipeline.build_model(cfg, args.suite, args.arch, args.method), device,
-                                stage=pipeline.train_stage(exp))
+                                stage=RunInfo.of_experiment("train", exp).dvc_stage)
     # the method's own detection score (DOS: its absent-class output), else the suite's primary score
     primary = registry.get(args.method).detection_score or ev.primary
-    with tracking.stage_run("evaluate", f"evaluate@{exp.name}", suite=args.suite,
+    info = RunInfo.of_experiment("evaluate", exp)
+    with tracking.stage_run(info,
                             params={"experiment": exp.name, "eval": ev.model_dump(), "primary": primary},
                             experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:
         results, arrays, roc = evaluate(model, id_test=sd.id_test, ood=sd.ood, eval_cfg=ev, mean=sd.mean,
@@ -43,14 +44,15 @@ def main() -> None:
         write_json_atomic(P.roc(args.suite, exp.name),
                           [{"fpr": p["fpr"], "tpr": p["tpr"], "set": head} for p in roc[head]])
         write_json_atomic(P.roc_all(args.suite, exp.name), roc)
-        run.log_metrics({"id_accuracy": results["id_accuracy"], "mean.fpr95": results["fpr95"],
-                         "mean.auroc": results["auroc"], "mean.aupr_in": results["aupr_in"],
-                         "mean.aupr_out": results["aupr_out"]})
-        for sc, d in results["scores"].items():
-            for st, m in d["per_set"].items():
-                run.log_metrics({f"{sc}.{st}.{k}": v for k, v in m.items()})
-        run.log_artifact(P.results(args.suite, exp.name), "results")
-        print(json.dumps(summary, indent=1))
+        run.log_metrics(eval_metrics(results, head, primary))
+        run.log_file(P.results(args.suite, exp.name), "results.json")
+        print(f"{info.dvc_stage}: ID acc {_pct(summary['id_accuracy'])} | {primary} on {head}: FPR95 "
+              f"{_pct(summary[head + '.fpr95'])}, AUROC {_pct(summary[head + '.auroc'])} | mean over "
+              f"{len(sd.ood)} OOD sets: FPR95 {_pct(summary['fpr95'])}, AUROC {_pct(summary['auroc'])}")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f} %"
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""pretrain@<suite>-<arch>: plain cross-entropy training on the ID set (the model GReg fine-tunes)."""
+"""pretrain_<S>@<arch>: plain cross-entropy training on the ID set (the model GReg fine-tunes)."""
 from __future__ import annotations
 
 from greg_ood import pipeline
+from greg_ood.runinfo import RunInfo
 from greg_ood.runlog import RunRecord, run_training
 from greg_ood.trainer import Job, Sources
 
@@ -15,9 +16,8 @@ def main() -> None:
     sd = pipeline.suite_data(cfg, args.suite, aux=False, ood=False)
     model = pipeline.build_model(cfg, args.suite, args.arch, "ce").to(device)
     src = pipeline.id_source(sd, cfg, args.suite, batch_size=pc.batch_size, seed=pc.seed, device=device)
-    name = f"pretrain@{args.suite}-{args.arch}"
     record = RunRecord(
-        stage="pretrain", name=name, suite=args.suite,
+        info=RunInfo("pretrain", suite=args.suite, arch=args.arch, method="ce", seed=pc.seed),
         params={"suite": args.suite, "arch": args.arch, "pretrain": pc.model_dump()},
         meta={"suite": args.suite, "arch": args.arch, "method": "ce", "num_classes": s.num_classes},
         ckpt_path=P.pretrain_checkpoint(args.suite, args.arch), out_path=P.pretrained(args.suite, args.arch),

@@ -1,10 +1,11 @@
-"""report (per suite): paper-style tables (Markdown, LaTeX, CSV), the claims table with computed verdicts, the paper's
+"""report_<S>: paper-style tables (Markdown, LaTeX, CSV), the claims table with computed verdicts, the paper's
 numbers side by side, the lambda_grad ablation and gradient-term ablation tables, paired per-seed differences and
 figures under reports/<suite>/, and one summary metrics file per method under metrics/<suite>/summary/."""
 from __future__ import annotations
 
 from greg_ood import pipeline, tracking
 from greg_ood.report.suite import build_suite_report
+from greg_ood.runinfo import RunInfo
 
 
 def main() -> None:
@@ -16,7 +17,7 @@ def main() -> None:
     if missing:
         raise SystemExit(f"error: results missing for {len(missing)} experiments, e.g. {missing[:3]}; run "
                          f"`dvc repro report_{args.suite}` (it runs the evaluate stages first)")
-    with tracking.stage_run("report", f"report@{args.suite}", suite=args.suite,
+    with tracking.stage_run(RunInfo("report", suite=args.suite),
                             params={"experiments": [e.name for e in exps]},
                             experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:
         written = build_suite_report(
@@ -28,6 +29,7 @@ def main() -> None:
             grad_pairs=cfg.suite(args.suite).grad_ablation.pairs,
             summary_dir=P.root / "metrics" / args.suite / "summary")
         run.log_artifact(P.report(args.suite), "report")
+        run.log_artifact(P.root / "metrics" / args.suite / "summary", "summary")
         for k, v in written.items():
             print(f"{k}: {v}")
 

@@ -1,4 +1,4 @@
-"""select@<arch> (per suite): energy-based auxiliary subset selection with the pretrained model.
+"""select_<S>@<arch>: energy-based auxiliary subset selection with the pretrained model.
 
 The pretrained model scores energy and penultimate features for the whole auxiliary pool; features are normalised and
 clustered; per cluster the lowest-energy (informative) and, two-way, highest-energy members are kept, topped up at
@@ -18,6 +18,7 @@ from greg_ood import pipeline, tracking
 from greg_ood.evaluation import forward_all
 from greg_ood.io import atomic_open, write_json_atomic
 from greg_ood.report.fig_selection import plot_selection
+from greg_ood.runinfo import RunInfo
 from greg_ood.sampling import cluster_features, energy_cluster_select
 from greg_ood.scores import energy
 
@@ -33,9 +34,9 @@ def main() -> None:
     sd = pipeline.suite_data(cfg, args.suite, aux=True, ood=True)
     model = pipeline.load_model(P.pretrained(args.suite, args.arch),
                                 pipeline.build_model(cfg, args.suite, args.arch, "ce"), device,
-                                stage=f"pretrain_{args.suite}@{args.arch}")
+                                stage=RunInfo("pretrain", suite=args.suite, arch=args.arch).dvc_stage)
     out = P.selection(args.suite, args.arch)
-    with tracking.stage_run("select", f"select@{args.suite}-{args.arch}", suite=args.suite,
+    with tracking.stage_run(RunInfo("select", suite=args.suite, arch=args.arch),
                             params={"select": sc.model_dump(), "arch": args.arch},
                             experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:
         logits, feats = forward_all(model, sd.aux.images, mean=sd.mean, std=sd.std, device=device,
@@ -69,9 +70,10 @@ def main() -> None:
         rng = np.random.RandomState(sc.seed)
         grid = sd.aux.images[np.sort(rng.choice(keep, min(64, len(keep)), replace=False))]
         plot_selection(e_np, e_np[keep], np.asarray(sizes), grid, out / "selection.png")
-        run.log_metrics({"pool": n, "kept": len(keep), "energy_all_mean": summary["energy_all"]["mean"],
-                         "energy_kept_mean": summary["energy_kept"]["mean"],
-                         **{f"overlap.{k_}": v for k_, v in overlap.items()}})
+        run.log_metrics({"select/pool": n, "select/kept": len(keep),
+                         "select/energy_all_mean": summary["energy_all"]["mean"],
+                         "select/energy_kept_mean": summary["energy_kept"]["mean"],
+                         **{f"select/overlap/{k_}": v for k_, v in overlap.items()}})
         run.log_artifact(out, "selection")
 
 

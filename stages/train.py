@@ -1,4 +1,4 @@
-"""train@<method>-<arch>-<seed> (per suite): fine-tune (or train from scratch) one method on one architecture/seed.
+"""train_<S>@<method>-<arch>-<seed>: fine-tune (or train from scratch) one method on one architecture/seed.
 
 With --lambda-grad the run is a point of the suite's lambda_grad ablation (experiment name gets `-lg<value>`).
 With train.nproc > 1 the stage re-executes itself under torchrun (DDP; docs/scale-out.md).
@@ -11,6 +11,7 @@ import numpy as np
 
 from greg_ood import pipeline
 from greg_ood.distributed import distributed_context, relaunch_under_torchrun
+from greg_ood.runinfo import RunInfo
 from greg_ood.runlog import RunRecord, run_training
 from greg_ood.trainer import Job, Sources
 
@@ -32,7 +33,7 @@ def main() -> None:
         model = pipeline.build_model(cfg, args.suite, args.arch, args.method)
         if t.init == "pretrained":
             pipeline.load_model(P.pretrained(args.suite, args.arch), model, device,
-                                stage=f"pretrain_{args.suite}@{args.arch}")
+                                stage=RunInfo("pretrain", suite=args.suite, arch=args.arch).dvc_stage)
         model = model.to(device)
         sel = P.selection(args.suite, args.arch) / "indices.npy"
         indices = np.load(sel) if sel.exists() else None
@@ -45,7 +46,7 @@ def main() -> None:
         if dist is not None:
             model = dist.wrap(model)
         record = RunRecord(
-            stage="train", name=f"train@{exp.name}", suite=args.suite,
+            info=RunInfo.of_experiment("train", exp),
             params={"suite": args.suite, "method": args.method, "arch": args.arch, "seed": args.seed,
                     "group": exp.group, "train": t.model_dump(), "aux_pool": n_aux},
             meta={"suite": args.suite, "method": args.method, "arch": args.arch, "seed": args.seed,

@@ -34,6 +34,7 @@ def main() -> None:
     from greg_ood import data as D
     from greg_ood import models, trainer
     from greg_ood import methods as M
+    from greg_ood.runinfo import RunInfo
     from greg_ood.runlog import RunRecord, run_training
     from greg_ood.trainer import Job, Sources
     from greg_ood.pipeline import SuiteData, setup_logging
@@ -71,7 +72,8 @@ def main() -> None:
     aux = D.DeviceArraySource(x_aux, np.full(len(x_aux), -1), batch_size=96, device=dev, mean=[0.5], std=[0.25],
                               crop_padding=2, flip=True, seed=0, stream="aux")
     model = models.build("small_cnn", 6, in_channels=1)
-    record = RunRecord(stage="train", name="train@resume-test", suite="mini", params={"t": tcfg.model_dump()},
+    record = RunRecord(info=RunInfo("train", suite="mini", method="greg_plus", arch="small_cnn", seed=0),
+                       params={"t": tcfg.model_dump()},
                        meta={"test": True}, ckpt_path=wd / "ckpt" / "run.pt", out_path=wd / "out" / "model.pt",
                        csv_path=wd / "out" / "train.csv")
     run_training(cfg, Job("greg_plus", tcfg, 0, channel_std=[0.25]), model, Sources(src, aux), record, sd=sd,

@@ -31,11 +31,13 @@ def _paths(entries) -> list[str]:
 
 
 def _code_files(deps: list[str], root: Path) -> set[str]:
-    """The Python files a stage's code deps cover (a package folder stands for every .py file under it)."""
+    """The Python files a stage's code deps cover (a package folder stands for every .py file under it but its
+    ``__main__.py``, a ``python -m`` command no stage imports)."""
     out = set()
     for d in deps:
         if (root / d).is_dir():
-            out |= {p.relative_to(root).as_posix() for p in (root / d).rglob("*.py") if "__pycache__" not in p.parts}
+            out |= {p.relative_to(root).as_posix() for p in (root / d).rglob("*.py")
+                    if "__pycache__" not in p.parts and p.name != "__main__.py"}
         elif d.endswith(".py"):
             out.add(d)
     return out

@@ -131,20 +131,26 @@ def test_mlflow_has_a_run_per_stage_with_metrics_and_artifacts(repo):
 
     c = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
     exp = c.get_experiment_by_name("greg-ood/mini")
-    runs = {r.info.run_name: r for r in c.search_runs([exp.experiment_id], max_results=500)}
-    for name in ("pretrain@mini-small_cnn", "select@mini-small_cnn", "train@mini-greg_plus-small_cnn-s0",
-                 "evaluate@mini-greg-small_cnn-s0", "certify@mini", "report@mini",
-                 "train@mini-greg-small_cnn-s0-lg0.0"):
+    runs = {r.data.tags["dvc.stage"]: r for r in c.search_runs([exp.experiment_id], max_results=500)}
+    for name in ("pretrain_mini@small_cnn", "select_mini@small_cnn", "train_mini@greg_plus-small_cnn-0",
+                 "evaluate_mini@greg-small_cnn-0", "certify_mini", "report_mini", "train_mini_ablation@0.0-0"):
         assert name in runs, sorted(runs)
         assert runs[name].info.status == "FINISHED"
-    tr = runs["train@mini-greg-small_cnn-s0"]
-    hist = c.get_metric_history(tr.info.run_id, "grad")
+    tr = runs["train_mini@greg-small_cnn-0"]
+    assert tr.info.run_name == "greg · s0 · train (mini, small_cnn)"
+    assert {k: tr.data.tags[k] for k in ("suite", "method", "arch", "seed", "lambda_grad", "group")} == \
+        {"suite": "mini", "method": "greg", "arch": "small_cnn", "seed": "0", "lambda_grad": "1.0", "group": "main"}
+    hist = c.get_metric_history(tr.info.run_id, "loss/grad_penalty")
     assert len(hist) >= 2 and all(h.value >= 0 for h in hist)
-    assert "active_frac" in tr.data.metrics and "id_test_acc" in tr.data.metrics
+    assert {"diag/active_frac", "eval/id_test_acc", "loss/energy_margin", "train/lr"} <= set(tr.data.metrics)
     assert tr.data.params["train.loss.lambda_grad"] == "1.0"
-    assert {a.path for a in c.list_artifacts(tr.info.run_id)} >= {"curves", "model"}
-    ev = runs["evaluate@mini-greg-small_cnn-s0"]
-    assert "mean.fpr95" in ev.data.metrics and "energy.digits.auroc" in ev.data.metrics
+    assert {a.path for a in c.list_artifacts(tr.info.run_id)} >= {"curves.csv", "model.pt"}
+    ev = runs["evaluate_mini@greg-small_cnn-0"]
+    assert {"eval/mean/fpr95", "eval/energy/digits/auroc", "eval/id_acc"} <= set(ev.data.metrics)
+    assert ev.data.params["method"] == "greg" and ev.data.tags["seed"] == "0"
+    assert [a.path for a in c.list_artifacts(ev.info.run_id)] == ["results.json"]
+    assert {a.path for a in c.list_artifacts(runs["report_mini"].info.run_id)} >= {"report", "summary"}
+    assert {r.data.tags["git.dirty"] for r in runs.values()} == {"false"}  # DVC outputs do not make the code dirty
     assert c.get_experiment_by_name("greg-ood/data") is not None
 
 
@@ -308,3 +314,34 @@ def test_dvc_plots_show_renders_combined_plots(repo):
         files = {row["filename"] for row in shown["data"][title][0]["content"]["data"]["values"]}
         assert len(files) == 6, (title, files)  # one line per method
     assert "cifar10 " not in html
+
+
+def _readme_commands(prefix: str) -> list[str]:
+    """The README's command lines that start with ``prefix`` (inline comments dropped)."""
+    import shlex
+
+    lines = [ln.split("  #")[0].strip() for ln in (ROOT / "README.md").read_text().splitlines()]
+    cmds = [ln for ln in lines if ln.startswith(prefix)]
+    assert cmds, f"the README has no `{prefix}` recipe"
+    return [shlex.split(c) for c in cmds]
+
+
+def test_readme_metrics_and_exp_show_recipes_print_every_method(repo):
+    d, env, _ = repo
+    methods = ["energy", "oe", "oe_grad", "dos", "greg", "greg_plus"]
+    for cmd in _readme_commands("dvc metrics show"):
+        out = _sh([str(BIN / "dvc"), *cmd[1:]], d, env).stdout
+        rows = {ln.split("|")[1].strip(): ln for ln in out.splitlines() if ln.startswith("| metrics/")}
+        for m in methods:
+            row = rows[f"metrics/mini/summary/{m}-small_cnn.json"]
+            assert any(c.strip().replace(".", "").isdigit() for c in row.split("|")[2:]), row
+        assert not any(k.startswith(("metrics/cifar", "metrics/imagenet")) for k in rows)  # no empty suite rows
+    for cmd in _readme_commands("dvc exp show"):
+        out = _sh([str(BIN / "dvc"), *cmd[1:], "--no-pager"], d, env).stdout
+        header, _, workspace = out.splitlines()[:3]
+        cols = [c.strip() for c in header.split("|")[1:-1]]
+        vals = dict(zip(cols, (c.strip() for c in workspace.split("|")[1:-1])))
+        assert vals["Experiment"] == "workspace"
+        for m in methods:
+            v = vals[f"metrics/mini/summary/{m}-small_cnn.json:headline_fpr95"]
+            assert 0.0 <= float(v) <= 100.0, (m, v)

@@ -125,7 +125,8 @@ def _tags(run: dict) -> dict:
 
 PROBE = '''
 from greg_ood import tracking
-with tracking.stage_run("probe", "probe@pg", suite="pgtest", params={"train": {"lr": 0.1}}) as run:
+from greg_ood.runinfo import RunInfo
+with tracking.stage_run(RunInfo("report", suite="pgtest"), params={"train": {"lr": 0.1}}) as run:
     for step in (1, 2, 3):
         run.log_metrics({"loss": 1.0 / step}, step=step)
     run.log_dict({"name": "probe", "rows": [1, 2, 3]}, "manifest.json")
@@ -143,11 +144,11 @@ def test_stage_run_logs_params_metrics_artifact_into_postgres(team_server, tmp_p
     exp = _experiment(team_server, "greg-ood/pgtest")
     assert exp["artifact_location"].startswith("mlflow-artifacts:")  # proxied: the client needs no storage access
     (run,) = _runs(team_server, exp["experiment_id"])
-    assert run["info"]["run_id"] == run_id and run["info"]["run_name"] == "probe@pg"
+    assert run["info"]["run_id"] == run_id and run["info"]["run_name"] == "report (pgtest)"
     assert run["info"]["status"] == "FINISHED"
-    assert {p["key"]: p["value"] for p in run["data"]["params"]} == {"train.lr": "0.1"}
+    assert {p["key"]: p["value"] for p in run["data"]["params"]} == {"train.lr": "0.1", "suite": "pgtest"}
     assert {m["key"]: m["value"] for m in run["data"]["metrics"]} == {"loss": pytest.approx(1 / 3)}
-    assert _tags(run)["dvc.stage"] == "probe@pg"
+    assert _tags(run)["dvc.stage"] == "report_pgtest"
     hist = team_server.get_json("/api/2.0/mlflow/metrics/get-history", run_id=run_id, metric_key="loss")["metrics"]
     assert sorted((m["step"], m["value"]) for m in hist) == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
     art = json.loads(team_server.get("/get-artifact", path="manifest.json", run_uuid=run_id))
@@ -156,7 +157,7 @@ def test_stage_run_logs_params_metrics_artifact_into_postgres(team_server, tmp_p
     assert list(team_server.artifacts.rglob("manifest.json"))
     assert not (ws / "mlruns").exists() and not (ws / "mlflow.db").exists()
     rows = team_server.pg.psql("greg_team", f"SELECT name, status FROM runs WHERE run_uuid = '{run_id}'")
-    assert rows.strip() == "probe@pg|FINISHED"
+    assert rows.strip() == "report (pgtest)|FINISHED"
 
 
 def test_download_stage_logs_to_team_server(team_server, data_module, tmp_path):
@@ -166,12 +167,12 @@ def test_download_stage_logs_to_team_server(team_server, data_module, tmp_path):
     assert any((ws / "data").rglob("*")), "the stage wrote no data"
 
     exp = _experiment(team_server, "greg-ood/data")
-    runs = [x for x in _runs(team_server, exp["experiment_id"]) if x["info"]["run_name"] == "download@digits"]
+    runs = [x for x in _runs(team_server, exp["experiment_id"]) if x["info"]["run_name"] == "download · digits"]
     assert len(runs) == 1, runs
     run = runs[0]
     assert run["info"]["status"] == "FINISHED"
     tags = _tags(run)
-    assert tags["stage"] == "download" and tags["suite"] == "data" and tags["dvc.stage"] == "download@digits"
+    assert tags["stage"] == "download" and tags["suite"] == "data" and tags["dvc.stage"] == "download@digits" and tags["dataset"] == "digits"
     manifest = json.loads(team_server.get("/get-artifact", path="manifest.json", run_uuid=run["info"]["run_id"]))
     assert manifest["name"] == "digits"
     assert "splits" in manifest

@@ -42,7 +42,7 @@ def _mlflow_history(d: Path):
     c = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
     exp = c.get_experiment_by_name("greg-ood/mini")
     runs = c.search_runs([exp.experiment_id])
-    hist = {k: [m.step for m in c.get_metric_history(runs[0].info.run_id, k)] for k in ("total", "grad", "lr")}
+    hist = {k: [m.step for m in c.get_metric_history(runs[0].info.run_id, k)] for k in ("loss/total", "loss/grad_penalty", "train/lr")}
     return runs, hist
 
 

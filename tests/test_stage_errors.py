@@ -88,3 +88,21 @@ def test_checkpoint_checksum_detects_flipped_bytes(tmp_path):
     assert verify_checksum(p) is None
     _corrupt_tensor_bytes(p)
     assert "sha256 differs" in verify_checksum(p)
+
+
+def test_failed_download_is_one_message_naming_the_suite_check(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["project"]["data_dir"] = str(tmp_path / "data")
+    raw.setdefault("datasets", {})["isun"] = {"retries": 1, "timeout": 5}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    closed = "http://127.0.0.1:9"  # every URL goes through a proxy that refuses: no internet needed, fails at once
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "http_proxy": closed,
+           "https_proxy": closed, "no_proxy": ""}
+    r = subprocess.run([sys.executable, str(ROOT / "stages" / "download.py"), "isun"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    err = r.stderr[r.stderr.index("error: "):]
+    assert "iSUN.tar.gz" in err and str(tmp_path / "data" / "raw" / "isun" / "iSUN.tar.gz") in err
+    assert "python -m greg_ood.data check --suite cifar10" in err

@@ -48,7 +48,7 @@ def _runs(d: Path) -> list:
     return c.search_runs([exp.experiment_id]) if exp else []
 
 
-def _steps(d: Path, run_id: str, key: str = "total") -> list[int]:
+def _steps(d: Path, run_id: str, key: str = "loss/total") -> list[int]:
     from mlflow.tracking import MlflowClient
 
     return [m.step for m in MlflowClient(f"sqlite:///{d / 'mlflow.db'}").get_metric_history(run_id, key)]

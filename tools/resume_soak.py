@@ -133,9 +133,9 @@ def _mlflow_state(repo: Path) -> dict:
 
     c = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     exp = c.get_experiment_by_name("greg-ood/mini")
-    runs = [r for r in c.search_runs([exp.experiment_id]) if r.info.run_name == f"train@{EXP}"]
+    runs = [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("dvc.stage") == "train_mini@oe-small_cnn-0"]
     finished = [r for r in runs if r.info.status == "FINISHED"]
-    steps = [m.step for m in c.get_metric_history(finished[0].info.run_id, "ce")] if len(finished) == 1 else []
+    steps = [m.step for m in c.get_metric_history(finished[0].info.run_id, "loss/ce")] if len(finished) == 1 else []
     return {"runs": sorted(r.info.status for r in runs), "duplicate_steps": len(steps) - len(set(steps)),
             "steps": len(steps)}
 

@@ -73,12 +73,13 @@ def _resource_files(files: list[str], root: Path) -> list[str]:
 def _collapse_packages(files: set[str], root: Path) -> set[str]:
     """Replace the files of a subpackage of greg_ood by its folder when every ``.py`` file under it is listed and it
     holds nothing else (``__pycache__`` is in .dvcignore): the same change detection with one DVC dep instead of many,
-    which keeps dvc.lock (parsed and rewritten by DVC around every stage) small."""
+    which keeps dvc.lock (parsed and rewritten by DVC around every stage) small. A ``__main__.py`` (a ``python -m``
+    command, never imported by a stage) does not keep its folder from collapsing."""
     pkg = root / "src" / "greg_ood"
     for init in sorted(pkg.glob("*/**/__init__.py"), key=lambda p: len(p.parts)):
         folder = init.parent
         inside = [p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-        rel = {p.relative_to(root).as_posix() for p in inside}
+        rel = {p.relative_to(root).as_posix() for p in inside if p.name != "__main__.py"}
         if all(p.suffix == ".py" for p in inside) and rel <= files:
             files = (files - rel) | {folder.relative_to(root).as_posix()}
     return files

@@ -122,13 +122,6 @@ def load_model(path: Path, model: torch.nn.Module, device: torch.device, *, stag
     return model.to(device)
 
 
-def train_stage(exp: C.Experiment) -> str:
-    """The DVC stage (matrix item) that trains ``exp`` (as dvc.yaml names it)."""
-    if exp.group == "ablation":
-        return f"train_{exp.suite}_ablation@{exp.label}-{exp.seed}"
-    return f"train_{exp.suite}@{exp.method}-{exp.arch}-{exp.seed}"
-
-
 def id_source(sd: SuiteData, cfg: C.Config, suite: str, *, batch_size: int, seed: int, device, augment=True):
     """Device-resident arrays for small-image suites, a DataLoader over file lists for ImageNet."""
     a = cfg.suite(suite).data.augment

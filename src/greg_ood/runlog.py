@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import resume, runguard, tracking
+from .runinfo import RunInfo, train_metric, train_metrics
 from .evaluation import id_accuracy
 from .io import atomic_open
 from .trainer import Hooks, Job, Sources, Trainer, save_atomic
@@ -40,14 +41,12 @@ def write_curve(path: Path, history: list) -> None:
 
 @dataclass(frozen=True)
 class RunRecord:
-    """How one stage execution is recorded: its MLflow run (``stage``, ``name``, ``suite`` and the logged
+    """How one stage execution is recorded: its MLflow run (``info``: stage, suite, method, ...; and the logged
     ``params``), the identity of its result (``meta``, also written into the weights file), its files (the
     persistent checkpoint, the final weights, the training curve) and ``inputs``, the content hashes of the data
     the stage reads (part of the checkpoint's fingerprint, with the params and the code)."""
 
-    stage: str
-    name: str
-    suite: str
+    info: RunInfo
     params: dict
     meta: dict
     ckpt_path: Path
@@ -60,7 +59,8 @@ def run_training(cfg, job: Job, model, sources: Sources, record: RunRecord, *, s
                  distributed=None) -> dict:
     """Train ``job`` on ``sources`` as the stage execution ``record`` (``sd``: the suite's data, for the ID test
     accuracy after each epoch); returns ``{"steps", "seconds", "resumed_from"}``."""
-    name, stage, suite, params, meta = record.name, record.stage, record.suite, record.params, record.meta
+    info, params, meta = record.info, record.params, record.meta
+    name = info.dvc_stage  # console lines name the DVC stage
     ckpt_path, out_path, csv_path = record.ckpt_path, record.out_path, record.csv_path
     is_main = distributed is None or distributed.is_main
     config_hash = tracking.params_hash({"params": params, "meta": meta})
@@ -75,7 +75,7 @@ def run_training(cfg, job: Job, model, sources: Sources, record: RunRecord, *, s
     if plan.resume and is_main:
         write_curve(work_csv, history)
 
-    ctx = tracking.stage_run(stage, name, suite=suite, params=params if is_main else None, resume_run_id=run_id,
+    ctx = tracking.stage_run(info, params=params if is_main else None, resume_run_id=run_id,
                              experiment_prefix=cfg.params.mlflow.experiment_prefix, config_hash=config_hash,
                              on_open=lambda rid: resume.write_record(ckpt_path, rid, fp["digest"])) \
         if is_main else _null_run()
@@ -90,7 +90,7 @@ def run_training(cfg, job: Job, model, sources: Sources, record: RunRecord, *, s
 
         def on_save() -> None:  # called right after each checkpoint: publish what the checkpoint covers
             for row, step in history[published[0]:]:
-                run.log_metrics(row, step)
+                run.log_metrics(train_metrics(row), step)
             run.flush()
             if is_main:
                 write_curve(work_csv, history)
@@ -121,10 +121,11 @@ def run_training(cfg, job: Job, model, sources: Sources, record: RunRecord, *, s
             save_atomic({"model": bare.state_dict(), "meta": {**meta, "global_step": result.steps,
                                                               "config_hash": config_hash}}, Path(out_path))
             write_curve(Path(csv_path), history)
-            run.log_metrics({"train_seconds": result.seconds, "train_steps": result.steps}, result.steps)
+            run.log_metrics(train_metrics({"train_seconds": result.seconds, "train_steps": result.steps}),
+                            result.steps)
             run.set_tags({"resumed_from": str(result.resumed_from)})
-            run.log_artifact(csv_path, "curves")
-            run.log_artifact(out_path, "model")
+            run.log_file(csv_path, "curves.csv")
+            run.log_file(out_path, "model.pt")
             log.info("%s: %d steps in %.1f s -> %s", name, result.steps, result.seconds, out_path)
         return {"steps": result.steps, "seconds": result.seconds, "resumed_from": result.resumed_from}
 
@@ -138,12 +139,12 @@ def _publish_missing(run, rows: list) -> None:
     keys = {k for row, _ in rows for k in row}
     last = {}
     for k in keys:
-        hist = tracking._retry(client.get_metric_history, run.run_id, tracking._key(k))
+        hist = tracking._retry(client.get_metric_history, run.run_id, tracking._key(train_metric(k)))
         last[k] = max((m.step for m in hist), default=-1)
     for row, step in rows:
         todo = {k: v for k, v in row.items() if step > last.get(k, -1)}
         if todo:
-            run.log_metrics(todo, step)
+            run.log_metrics(train_metrics(todo), step)
     run.flush()
 
 
@@ -184,6 +185,9 @@ class _NullRun:
         pass
 
     def log_artifact(self, *a, **k):
+        pass
+
+    def log_file(self, *a, **k):
         pass
 
 

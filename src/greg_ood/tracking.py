@@ -1,4 +1,6 @@
-"""MLflow tracking: one run per stage execution, named after its DVC stage, in one experiment per suite.
+"""MLflow tracking: one run per stage execution in one experiment per suite; its name, identity params/tags
+(suite, method, arch, seed, lambda_grad, group), description and real DVC stage name come from
+:class:`greg_ood.runinfo.RunInfo`.
 
 * Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo root>/mlflow.db`` (an *absolute* path, so DVC's
   temporary experiment copies under ``.dvc/tmp/exps`` log into the same store as the workspace). Artifacts of the local
@@ -20,12 +22,15 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
+
+from .runinfo import RunInfo
 
 EXPS_MARKER = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
 
@@ -133,12 +138,19 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: what makes a run's code or params differ from its commit (DVC outputs such as dvc.lock, metrics/, results/,
+#: reports/ and plots/ are rewritten by every run and say nothing about the code)
+CODE_PATHS = ("src", "stages", "tools", "params.yaml", "dvc.yaml", "pyproject.toml", "requirements.txt", "Makefile")
+
+
 def git_info(root: Optional[Path] = None) -> dict[str, str]:
+    """``git.commit`` and ``git.dirty`` (true when a file under :data:`CODE_PATHS` differs from the commit or is new
+    there)."""
     root = root or repo_root()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return {"git.commit": commit or "unknown", "git.dirty": str(bool(dirty)).lower()}
     except (OSError, subprocess.SubprocessError):
@@ -195,6 +207,22 @@ class StageRun:
         else:
             _retry(self.client.log_artifact, self.run_id, str(p), artifact_path)
 
+    def log_file(self, path: os.PathLike, name: str) -> None:
+        """Log one file under a fixed artifact name (``results.json``, ``model.pt``, ``curves.csv``), so MLflow's
+        compare view finds the same artifact in every run."""
+        import tempfile
+
+        p = Path(path)
+        if not p.is_file():
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            dst = Path(tmp) / name
+            try:
+                os.link(p, dst)
+            except OSError:
+                shutil.copyfile(p, dst)
+            _retry(self.client.log_artifact, self.run_id, str(dst))
+
     def log_dict(self, d: dict, artifact_file: str) -> None:
         _retry(self.client.log_dict, self.run_id, d, artifact_file)
 
@@ -244,12 +272,14 @@ def _check_location(location: str, what: str, root: Optional[Path]) -> None:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, run_name: str, *, suite: str, params: Optional[dict] = None,
-              resume_run_id: Optional[str] = None, experiment_prefix: str = "greg-ood",
-              config_hash: Optional[str] = None, on_open: Optional[Callable[[str], None]] = None
-              ) -> Iterator[StageRun]:
-    """Open (or resume) the MLflow run of one stage execution; mark it FAILED/KILLED on error or interrupt.
-    ``on_open(run_id)`` runs as soon as the run exists (to record its id before anything else happens)."""
+def stage_run(info: RunInfo, *, params: Optional[dict] = None, resume_run_id: Optional[str] = None,
+              experiment_prefix: str = "greg-ood", config_hash: Optional[str] = None,
+              on_open: Optional[Callable[[str], None]] = None) -> Iterator[StageRun]:
+    """Open (or resume) the MLflow run of the stage execution ``info`` in the experiment ``<prefix>/<suite>``
+    (downloads: ``<prefix>/data``); mark it FAILED/KILLED on error or interrupt. The run carries ``info``'s identity
+    as params and tags, its name, description and DVC stage name. ``on_open(run_id)`` runs as soon as the run exists
+    (to record its id before anything else happens)."""
+    suite = info.suite or "data"
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri()
     check_reachable(uri)
@@ -269,21 +299,21 @@ def stage_run(stage: str, run_name: str, *, suite: str, params: Optional[dict] =
         exp_id = _experiment_id(client, f"{experiment_prefix}/{suite}")
         exp = _retry(client.get_experiment, exp_id)
         _check_location(exp.artifact_location, f"experiment {exp.name!r}", root)
-        tags = {"mlflow.runName": run_name, "dvc.stage": run_name, "stage": stage, "suite": suite}
+        tags = {"mlflow.runName": info.run_name, "mlflow.note.content": info.description,
+                "dvc.stage": info.dvc_stage, "stage": info.stage, "suite": suite, **info.identity()}
         tags.update(git_info())
         if os.environ.get("DVC_EXP_NAME"):
             tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
         if config_hash:
             tags["params.hash"] = config_hash
-        run = _retry(client.create_run, exp_id, run_name=run_name, tags=tags)
+        run = _retry(client.create_run, exp_id, run_name=info.run_name, tags=tags)
         run_id = run.info.run_id
     sr = StageRun(client, run_id)
     status = "FINISHED"
     try:
         if on_open is not None:
             on_open(run_id)
-        if params:
-            sr.log_params(params)
+        sr.log_params({**(params or {}), **info.identity()})
         yield sr
     except KeyboardInterrupt:
         status = "KILLED"

@@ -25,26 +25,22 @@ def collect_results(suite: str, method: str, *, experiment_prefix: str = "greg-o
     exp = client.get_experiment_by_name(f"{experiment_prefix}/{suite}")
     if exp is None:
         return []
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.stage = 'evaluate' and "
-                              "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
-                              max_results=5000)
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.stage = 'evaluate' and tags.method = "
+                              f"'{method}' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=5000)
     seen, out = set(), []
     with tempfile.TemporaryDirectory() as tmp:
         for r in runs:
-            name = r.data.tags.get("mlflow.runName", "")
-            if not name.startswith(f"evaluate@{suite}-{method}-"):
-                continue
             dvc_exp = r.data.tags.get("dvc.exp_name")
             if require_exp_name and not dvc_exp:
                 continue
-            key = (dvc_exp, name)
+            key = (dvc_exp, r.data.tags.get("dvc.stage"))
             if key in seen:
                 continue
             seen.add(key)
-            arts = [a.path for a in client.list_artifacts(r.info.run_id, "results") if a.path.endswith(".json")]
-            if not arts:
+            if "results.json" not in {a.path for a in client.list_artifacts(r.info.run_id)}:
                 continue
-            local = client.download_artifacts(r.info.run_id, arts[0], tmp)
+            local = client.download_artifacts(r.info.run_id, "results.json", tmp)
             doc = json.loads(Path(local).read_text())
             doc["experiment"] = f"{doc['experiment']}@{dvc_exp}"
             doc["group"] = "ablation"

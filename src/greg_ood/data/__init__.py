@@ -15,6 +15,7 @@ from .build import channel_stats
 from .prepare import (ArraySplit, FileListSplit, PreparedDataError, load_split, overlap_guard, prepare, read_manifest,
                       subset)
 from .sources import DATASETS, DatasetSpec, Source, option_defaults, resolve_options
+from .check import suite_datasets
 
 __all__ = [
     "DATASETS", "DatasetSpec", "Source", "option_defaults", "resolve_options",
@@ -22,5 +23,5 @@ __all__ = [
     "ArraySplit", "FileListSplit", "PreparedDataError",
     "fetch", "file_digest", "verify_file", "DownloadError", "ManualDownloadRequired",
     "DeviceArraySource", "FileListSource", "FileImages", "iter_eval", "train_source", "random_resized_crop_box",
-    "augment", "normalize", "random_crop_flip", "derive_seed",
+    "augment", "normalize", "random_crop_flip", "derive_seed", "suite_datasets",
 ]

@@ -1,0 +1,120 @@
+"""What one stage execution *is*, in the words every tool shows: its real DVC stage name (``dvc.yaml``'s matrix item,
+e.g. ``train_mini@greg-small_cnn-0``), its MLflow run name (what differs first: ``greg · s0 · train (mini,
+small_cnn)``), the identity params/tags MLflow groups and colours runs by (suite, method, arch, seed, lambda_grad,
+group), a one-sentence description, and the MLflow metric names (grouped by ``/`` sections; the CSV columns keep
+their short names, this module maps them). No MLflow import here: :mod:`greg_ood.tracking` writes what this says.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+#: stages whose DVC name carries no matrix item
+_PER_SUITE = ("certify", "report")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One stage execution: ``stage`` (download, pretrain, select, train, evaluate, certify, report) and the fields
+    that apply to it (``None`` where not)."""
+
+    stage: str
+    suite: Optional[str] = None
+    method: Optional[str] = None
+    arch: Optional[str] = None
+    seed: Optional[int] = None
+    lambda_grad: Optional[float] = None
+    group: Optional[str] = None
+    label: Optional[str] = None  # the ablation point as params.yaml writes it (DVC uses it in the stage name)
+    dataset: Optional[str] = None
+
+    @classmethod
+    def of_experiment(cls, stage: str, exp) -> "RunInfo":
+        """The train or evaluate execution of a resolved :class:`greg_ood.config.Experiment`."""
+        return cls(stage, suite=exp.suite, method=exp.method, arch=exp.arch, seed=exp.seed,
+                   lambda_grad=exp.train.loss.lambda_grad, group=exp.group, label=exp.label)
+
+    @property
+    def dvc_stage(self) -> str:
+        """The stage's name as ``dvc.yaml`` (and ``dvc repro``/``dvc status``) spells it."""
+        if self.stage == "download":
+            return f"download@{self.dataset}"
+        base = f"{self.stage}_{self.suite}"
+        if self.stage in _PER_SUITE:
+            return base
+        if self.stage in ("pretrain", "select"):
+            return f"{base}@{self.arch}"
+        if self.group == "ablation":
+            return f"{base}_ablation@{self.label}-{self.seed}"
+        return f"{base}@{self.method}-{self.arch}-{self.seed}"
+
+    @property
+    def run_name(self) -> str:
+        """What differs between runs first (method and λ, seed), then the stage and its context."""
+        lead = []
+        if self.stage == "download":
+            return f"download · {self.dataset}"
+        if self.method is not None:
+            lead.append(self.method + (f" λ={self.label}" if self.group == "ablation" else ""))
+        if self.seed is not None:
+            lead.append(f"s{self.seed}")
+        context = ", ".join(x for x in (self.suite, self.arch) if x)
+        return " · ".join([*lead, f"{self.stage} ({context})"])
+
+    def identity(self) -> dict[str, Any]:
+        """The params (and tags) that say which run this is; only the fields that apply."""
+        keys = ("suite", "method", "arch", "seed", "lambda_grad", "group", "dataset")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+    @property
+    def description(self) -> str:
+        """A sentence for the run's description (MLflow's ``mlflow.note.content``)."""
+        what = {
+            "download": f"Fetches (or finds), verifies and prepares the dataset {self.dataset}.",
+            "pretrain": f"Cross-entropy pretraining of {self.arch} on the {self.suite} ID set (the model the methods "
+                        "fine-tune).",
+            "select": f"Energy-based auxiliary subset selection with the pretrained {self.arch} ({self.suite}).",
+            "train": f"Trains {self.method} on {self.arch}, suite {self.suite}, seed {self.seed}, "
+                     f"lambda_grad {self.lambda_grad}" + (" (a point of the lambda_grad ablation)."
+                                                          if self.group == "ablation" else "."),
+            "evaluate": f"Evaluates {self.method} ({self.arch}, seed {self.seed}, lambda_grad {self.lambda_grad}) on "
+                        f"{self.suite}: ID accuracy and OOD detection on every set.",
+            "certify": f"Input-gradient norms and first-order certified radii, ID vs OOD ({self.suite}).",
+            "report": f"Tables, claims and figures of the suite {self.suite}.",
+        }.get(self.stage, f"{self.stage} ({self.suite}).")
+        return f"{what} DVC stage `{self.dvc_stage}`."
+
+
+#: training-curve columns (CSV names, kept short) -> MLflow metric names
+_TRAIN_METRICS = {
+    "ce": "loss/ce", "energy": "loss/energy_margin", "oe": "loss/oe", "abs": "loss/abs",
+    "grad": "loss/grad_penalty", "total": "loss/total",
+    "lr": "train/lr", "epoch": "train/epoch", "train_seconds": "train/seconds", "train_steps": "train/steps",
+    "id_test_acc": "eval/id_test_acc",
+}
+_DIAG_PREFIXES = ("active_frac", "gradnorm_", "monitor_gradnorm_", "energy_id_", "energy_aux_")
+
+
+def train_metric(key: str) -> str:
+    """The MLflow name of a training-curve column: ``loss/…``, ``train/…``, ``diag/…`` (per-step diagnostics)."""
+    if key in _TRAIN_METRICS:
+        return _TRAIN_METRICS[key]
+    if key.startswith(_DIAG_PREFIXES):
+        return f"diag/{key}"
+    return f"train/{key}"
+
+
+def train_metrics(row: dict) -> dict:
+    return {train_metric(k): v for k, v in row.items()}
+
+
+def eval_metrics(results: dict, headline: str, primary: str) -> dict[str, float]:
+    """An evaluation's MLflow metrics: ``eval/id_acc``, ``eval/mean/<m>`` (over OOD sets, primary score),
+    ``eval/headline/<m>`` (the suite's headline set, primary score) and ``eval/<score>/<set>/<m>``."""
+    out = {"eval/id_acc": results["id_accuracy"]}
+    out.update({f"eval/mean/{k}": results[k] for k in ("fpr95", "auroc", "aupr_in", "aupr_out") if k in results})
+    out.update({f"eval/headline/{k}": v for k, v in results["scores"][primary]["per_set"][headline].items()})
+    for sc, d in results["scores"].items():
+        for st, m in d["per_set"].items():
+            out.update({f"eval/{sc}/{st}/{k}": v for k, v in m.items()})
+    return out
