@@ -26,6 +26,7 @@ from . import registry
 from .config import LossCfg
 from .sampling import ROLE_HIGH, ROLE_LOW, energy_cluster_select
 from .scores import energy as energy_of
+from .scores import eval_no_grad
 
 __all__ = ["MethodLoss", "training_step", "select_auxiliary"]
 
@@ -201,19 +202,13 @@ def select_auxiliary(model: torch.nn.Module, candidates: torch.Tensor, n_select:
         raise ValueError(f"score: must be 'energy' or 'absent', got {score!r}")
     if candidates.dim() < 2 or candidates.shape[0] == 0:
         raise ValueError(f"candidates: expected a non-empty batch, got shape {tuple(candidates.shape)}")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            z = model.features(candidates)
-            logits = model.head(z)
-            if score == "energy":
-                w = energy_of(logits.float())
-            else:
-                w = torch.softmax(logits.float(), dim=1)[:, -1]
-    finally:
-        model.train(was_training)
-    z, w = z.float().clone(), w.clone()  # outside inference mode: ordinary tensors
+    def features_and_score(m):
+        z = m.features(candidates)
+        logits = m.head(z).float()
+        return z, (energy_of(logits) if score == "energy" else torch.softmax(logits, dim=1)[:, -1])
+
+    z, w = eval_no_grad(model, features_and_score)
+    z = z.float()
     with torch.no_grad():
         return energy_cluster_select(w, z, n_clusters, n_select, two_way=two_way, start=start, stop=stop,
                                      normalization=normalization, n_init=n_init, generator=generator,

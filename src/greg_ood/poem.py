@@ -20,6 +20,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 
 from .config import PoemCfg
+from .scores import eval_no_grad
 
 __all__ = ["Posterior", "blr_posterior", "thompson_scores", "closest_to_boundary", "PoemSelector"]
 
@@ -124,14 +125,7 @@ class PoemSelector:
         """
         if candidates.dim() < 2 or candidates.shape[0] == 0:
             raise ValueError(f"candidates: expected a non-empty batch, got shape {tuple(candidates.shape)}")
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                z = model.features(torch.cat([candidates, x_id]))
-        finally:
-            model.train(was_training)
-        z = z.double().clone()  # outside inference mode: an ordinary tensor
+        z = eval_no_grad(model, lambda m: m.features(torch.cat([candidates, x_id]))).double()
         z_cand, z_in = z[:candidates.shape[0]], z[candidates.shape[0]:]
         self._slot(epoch, z.shape[1], z.device)
         idx = closest_to_boundary(thompson_scores(z_cand, self.posterior(), generator), n_select)

@@ -242,3 +242,17 @@ SCORES: dict[str, ScoreInfo] = {
     "absent_class": ScoreInfo("absent_class", "logits", absent_class_score, needs_extra_output=True,
                               description="1 - softmax(f)_K of a K+1-output (DOS) model"),
 }
+
+
+def eval_no_grad(model: torch.nn.Module, fn):
+    """``fn(model)`` with the model in **eval** mode under ``torch.inference_mode`` (its mode restored afterwards).
+    The tensor(s) it returns are cloned outside inference mode, so they can enter autograd-recorded ops (the
+    selection of GReg+ / DOS / POEM scores candidates this way without touching BatchNorm statistics)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = fn(model)
+    finally:
+        model.train(was_training)
+    return tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
