@@ -150,3 +150,26 @@ def test_file_list_replaced_after_preparation_is_named(server, tmp_path):
     with pytest.raises(D.PreparedDataError, match="truncated or replaced") as ei:
         D.load_split(tmp_path, "inaturalist", "test")
     assert str(fl) in str(ei.value) and "dvc repro download@inaturalist" in str(ei.value)
+
+
+def test_same_size_change_inside_a_prepared_array_is_caught(tmp_path):
+    """A byte flipped in place between the sampled windows of the fast probe (same size, same probe) was loaded
+    silently; files up to FULL_CHECK_BYTES now get their whole sha256 checked on every load."""
+    from greg_ood.data import build
+
+    D.prepare("uniform_noise", data_dir=tmp_path, options={"count": 2000, "seed": 3}, progress=False)
+    arr = tmp_path / "prepared" / "uniform_noise" / "test.images.npy"
+    size = arr.stat().st_size
+    assert size > build.PROBE_CHUNKS * build.PROBE_BYTES  # the probe samples windows: room between them
+    probe_before = build.probe_hash(arr)
+    step = (size - build.PROBE_BYTES) // (build.PROBE_CHUNKS - 1)
+    pos = build.PROBE_BYTES + (step - build.PROBE_BYTES) // 2  # between the first two windows
+    with open(arr, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0xFF]))
+    assert build.probe_hash(arr) == probe_before  # the old fast check could not see it
+    with pytest.raises(D.PreparedDataError, match="sha256 differs") as ei:
+        D.load_split(tmp_path, "uniform_noise", "test")
+    assert str(arr) in str(ei.value) and "dvc repro download@uniform_noise" in str(ei.value)
