@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from greg_ood import config as C
@@ -62,4 +63,13 @@ def test_without_cuda_says_so_and_runs_the_smoke_path(tmp_path):
     md = (tmp_path / "gpu-check-smoke.md").read_text()
     for heading in ("Step benchmark", "bf16 autocast against fp32", "WRN-40-2 GReg+ epoch", "Projected wall time"):
         assert heading in md
-    assert "**total** | 135 |" in md  # every stage of report_cifar10 (3 seeds) is projected
+    # every stage of report_cifar10 is projected: the kinds add up to the total, and the main grid is all there
+    projection = md[md.index("| stage kind |"):]
+    rows = [r.split("|")[1:3] for r in projection.splitlines() if r.startswith("| ") and r.split("|")[2].strip().isdigit()]
+    counts = {k.strip(): int(n) for k, n in rows}
+    total = counts.pop("**total**")
+    assert total == sum(counts.values())
+    s10 = yaml.safe_load((ROOT / "params.yaml").read_text())["suites"]["cifar10"]
+    grid = len(s10["archs"]) * len(s10["methods"]) * len(s10["seeds"])
+    assert sum(n for k, n in counts.items() if k.startswith("train (main")) == grid
+    assert counts["evaluate"] >= grid
