@@ -40,7 +40,7 @@ from typing import Optional
 
 import torch
 
-from .bench_measure import device_slug, machine_info, rss
+from .bench_measure import device_slug, machine_info, rss, write_result
 from .bench_report import write_markdown
 from .bench_steps import MODELS, TARGETS, bench_model
 
@@ -155,8 +155,7 @@ def _run(*, quick, smoke, out, models, device, amp, repeats, warmup, batch, merg
         if paths is not None:
             order = [m for m in MODELS if m in result["models"]]
             result["models"] = {m: result["models"][m] for m in order}
-            paths[0].write_text(json.dumps(result, indent=1) + "\n")
-            write_markdown(result, paths[1])
+            write_result(result, paths, write_markdown)
     if paths is not None:
         log(f"bench: wrote {paths[0]} and {paths[1]}")
     return result

@@ -2,6 +2,8 @@
 the machine the numbers come from."""
 from __future__ import annotations
 
+import json
+
 import os
 import platform
 import re
@@ -129,3 +131,10 @@ def machine_info(device: torch.device) -> dict:
     except OSError:
         pass
     return info
+
+
+def write_result(result: dict, paths, write_markdown) -> None:
+    """Write a benchmark's numbers to ``paths[0]`` (JSON, every measurement) and its report to ``paths[1]``
+    (Markdown, through ``write_markdown(result, path)``)."""
+    paths[0].write_text(json.dumps(result, indent=1, default=str) + "\n")
+    write_markdown(result, paths[1])

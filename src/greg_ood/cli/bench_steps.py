@@ -149,27 +149,16 @@ def bench_model(name: str, device: torch.device, *, B: int, C: int, k: int, warm
             log(f"  {name:12s} {key:20s} {median(times[key]):8.4f} s/step  (peak {peaks[key] / 2**30:.2f} GiB)")
 
     # data path alone (to report compute-only numbers)
-    def data_ours():
-        nxt(src_id)
-        nxt(src_aux)
+    def data_ours(aux_source):  # one ID batch and one auxiliary batch from the device-resident sources
+        return lambda: (nxt(src_id), nxt(aux_source))
 
-    def data_official():
-        pil_batch(id_imgs, rng.randint(0, n_pool, size=B), tf, device)
-        pil_batch(aux_imgs, rng.randint(0, n_pool, size=B), tf, device)
+    def data_official(n_aux):  # the same through per-sample PIL transforms on the host
+        return lambda: (pil_batch(id_imgs, rng.randint(0, n_pool, size=B), tf, device),
+                        pil_batch(aux_imgs, rng.randint(0, n_pool, size=n_aux), tf, device))
 
-    def data_ours_plus():
-        nxt(src_id)
-        nxt(src_cand)
-
-    def data_official_plus():
-        pil_batch(id_imgs, rng.randint(0, n_pool, size=B), tf, device)
-        pil_batch(aux_imgs, rng.randint(0, n_pool, size=C), tf, device)
-
-    res["data_seconds"] = {
-        "ours": median(timeit(data_ours, device, 1, max(3, repeats))),
-        "official": median(timeit(data_official, device, 1, max(3, repeats))),
-        "ours_plus": median(timeit(data_ours_plus, device, 1, max(3, repeats))),
-        "official_plus": median(timeit(data_official_plus, device, 1, max(3, repeats)))}
+    data_fns = {"ours": data_ours(src_aux), "official": data_official(B), "ours_plus": data_ours(src_cand),
+                "official_plus": data_official(C)}
+    res["data_seconds"] = {k: median(timeit(fn, device, 1, max(3, repeats))) for k, fn in data_fns.items()}
 
     # sampler alone, on the features of real candidate forwards
     res["sampler"] = bench_sampler(model, src_cand, device, B=B, k=k, repeats=sampler_repeats)

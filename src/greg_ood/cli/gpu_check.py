@@ -25,7 +25,6 @@ Without CUDA (and without ``--smoke``) it says so in one line and runs the same 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -45,7 +44,7 @@ from .. import registry
 from ..data import DATASETS, DeviceArraySource
 from ..scores import energy as energy_of
 from . import bench
-from .bench_measure import machine_info, median, sync, timeit
+from .bench_measure import machine_info, median, sync, timeit, write_result
 from .bench_official import official_penalty, official_select, pil_batch, pil_transform
 from .gpu_check_report import write_markdown
 
@@ -312,8 +311,7 @@ def run(device: torch.device, *, smoke: bool, out: Optional[Path], params: Path 
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         stem = out / ("gpu-check-smoke" if smoke else "gpu-check")
-        stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-        write_markdown(result, stem.with_suffix(".md"))
+        write_result(result, (stem.with_suffix(".json"), stem.with_suffix(".md")), write_markdown)
         log(f"gpu-check: wrote {stem}.json and {stem}.md ({result['wall_s']:.0f} s)")
     return result
 
