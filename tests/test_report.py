@@ -413,3 +413,18 @@ def test_build_suite_report_paper_suite(tmp_path):
     with pytest.raises(ValueError, match="suite 'cifar100'"):
         R.build_suite_report(suite="cifar100", metrics_files=write(tmp_path, cifar_docs()), paper_csv=PAPER_CSV,
                              out_dir=tmp_path / "x")
+
+
+def test_certify_meta_per_seed_and_a_bad_entry_named(tmp_path):
+    from greg_ood.report.loading import load_certify_meta
+
+    p = tmp_path / "certify.json"
+    p.write_text(json.dumps({"mini-greg-small_cnn-s1": {"experiment": "mini-greg-small_cnn-s1", "method": "greg",
+                                                        "seed": 1, "gamma": -7.5, "eps": 1.0},
+                             "energy": {"experiment": "mini-energy-small_cnn-s0", "gamma": -6.0}}))
+    meta = load_certify_meta(p)
+    assert meta["mini-greg-small_cnn-s1"] == {"method": "greg", "gamma": -7.5, "eps": 1.0}
+    assert meta["mini-energy-small_cnn-s0"]["method"] == "energy"  # older files: keyed by method
+    p.write_text(json.dumps({"mini-greg-small_cnn-s2": {"method": "greg"}}))
+    with pytest.raises(ValueError, match="mini-greg-small_cnn-s2"):
+        load_certify_meta(p)

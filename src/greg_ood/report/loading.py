@@ -193,7 +193,7 @@ def load_certify_meta(certify_json: os.PathLike | str) -> dict[str, dict]:
     out = {}
     for key, block in doc.items():
         if not isinstance(block, Mapping) or "experiment" not in block or "gamma" not in block:
-            raise ValueError(f"{p}: entry {method!r} needs 'experiment' and 'gamma'")
+            raise ValueError(f"{p}: entry {key!r} needs 'experiment' and 'gamma'")
         eps = block.get("eps")
         out[str(block["experiment"])] = {"method": str(block.get("method", key)), "gamma": float(block["gamma"]),
                                          "eps": None if eps is None else float(eps)}
