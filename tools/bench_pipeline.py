@@ -96,7 +96,7 @@ def run_stage(clone: Path, stage: str, log: Path) -> dict:
 
 
 def summarize(rows: list[dict], revs: list[str]) -> str:
-    lines = [f"# Pipeline benchmark: where a stage's wall time goes",
+    lines = ["# Pipeline benchmark: where a stage's wall time goes",
              "",
              f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}; "
              f"{time.strftime('%Y-%m-%d', time.gmtime())}. Each stage run alone with "
