@@ -196,11 +196,14 @@ def test_queue_ablation_collects_evaluate_results_by_method_tag(store, tmp_path,
     from greg_ood.cli.exps import collect_results
 
     monkeypatch.setenv("DVC_EXP_NAME", "exp-1")
-    for m in ("greg", "greg_plus"):
-        doc = tmp_path / f"mini-{m}-small_cnn-s0.json"
+    for m, group in (("greg", "main"), ("greg_plus", "main"), ("greg", "ablation")):
+        doc = tmp_path / f"mini-{m}-small_cnn-s0-{group}.json"
         doc.write_text(json.dumps({"experiment": f"mini-{m}-small_cnn-s0", "method": m}))
-        with tracking.stage_run(RunInfo("evaluate", suite="mini", method=m, arch="small_cnn", seed=0)) as run:
+        kw = {"lambda_grad": 0.1, "label": "0.1"} if group == "ablation" else {}
+        with tracking.stage_run(RunInfo("evaluate", suite="mini", method=m, arch="small_cnn", seed=0, group=group,
+                                        **kw)) as run:
             run.log_file(doc, "results.json")
     docs = collect_results("mini", "greg")
+    # the main-grid greg run only: ablation-stage runs repeat in every experiment
     assert [(d["method"], d["experiment"], d["dvc_exp_name"]) for d in docs] == \
         [("greg", "mini-greg-small_cnn-s0@exp-1", "exp-1")]

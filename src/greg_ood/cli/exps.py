@@ -20,13 +20,16 @@ from .. import report, tracking
 
 def collect_results(suite: str, method: str, *, experiment_prefix: str = "greg-ood",
                     require_exp_name: bool = True) -> list[dict]:
-    """Results JSON of the newest finished evaluate run per (DVC experiment, experiment name) for ``method``."""
+    """Results JSON of the newest finished main-grid evaluate run per (DVC experiment, experiment name) for
+    ``method``."""
     client = tracking.make_client()
     exp = client.get_experiment_by_name(f"{experiment_prefix}/{suite}")
     if exp is None:
         return []
+    # main-grid runs only: each DVC experiment sets its own lambda there; the suite's own ablation stages would
+    # repeat the same (arch, method, lambda, seed) in every experiment
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.stage = 'evaluate' and tags.method = "
-                              f"'{method}' and attributes.status = 'FINISHED'",
+                              f"'{method}' and tags.group = 'main' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=5000)
     seen, out = set(), []
     with tempfile.TemporaryDirectory() as tmp:
