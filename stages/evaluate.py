@@ -2,7 +2,7 @@
 test set and each OOD set."""
 from __future__ import annotations
 
-from greg_ood import pipeline, registry, tracking
+from greg_ood import openood_eval, pipeline, registry, tracking
 from greg_ood.evaluation import evaluate
 from greg_ood.io import write_json_atomic, write_npz_atomic
 from greg_ood.runinfo import RunInfo, eval_metrics
@@ -34,6 +34,7 @@ def main() -> None:
                 "convention": {"primary_score": primary, "positive": ev.positive, "fpr_rule": ev.fpr_rule,
                                "tpr": ev.tpr},
                 **results, "ood_sets": list(sd.ood), "headline_set": head}
+        full.update(openood_eval.run_protocols(cfg, args.suite, model, sd, device=device, primary=primary))
         summary = {"id_accuracy": results["id_accuracy"], "fpr95": results["fpr95"], "auroc": results["auroc"],
                    f"{head}.fpr95": results["scores"][primary]["per_set"][head]["fpr95"],
                    f"{head}.auroc": results["scores"][primary]["per_set"][head]["auroc"]}

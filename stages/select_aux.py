@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from greg_ood import data as D
-from greg_ood import pipeline, tracking
+from greg_ood import openood_eval, pipeline, tracking
 from greg_ood.evaluation import forward_all
 from greg_ood.io import atomic_open, write_json_atomic
 from greg_ood.report.fig_selection import plot_selection
@@ -55,7 +55,8 @@ def main() -> None:
                                          normalization=sc.normalization, n_init=sc.n_init,
                                          generator=gen).cpu().numpy()
             keep = np.sort(keep[:size])
-        overlap = D.overlap_guard(sd.aux, {"id_test": sd.id_test, **sd.ood})
+        overlap = D.overlap_guard(sd.aux, {"id_test": sd.id_test, **sd.ood,
+                                           **openood_eval.aux_overlap_sets(cfg, args.suite)})
         if any(overlap.values()):
             log.warning("overlap guard: auxiliary pool shares exact duplicates with test sets: %s", overlap)
         sizes = torch.bincount(torch.as_tensor(labels).long(), minlength=k).tolist()

@@ -197,8 +197,17 @@ class IdRef(_Model):
 
 
 class AuxRef(_Model):
+    #: an auxiliary dataset of the registry (e.g. tinyimages300k, or tin597: OpenOOD v1.5's TIN-597)
     dataset: str
     split: str = "train"
+
+    @field_validator("dataset")
+    @classmethod
+    def _aux_dataset(cls, v: str) -> str:
+        from .data.sources import DATASETS
+
+        _check_names("unknown auxiliary dataset", [v], sorted(k for k, d in DATASETS.items() if "aux" in d.role))
+        return v
 
 
 class AugmentCfg(_Model):
@@ -246,12 +255,27 @@ class EvalCfg(_Model):
     odin: OdinCfg = Field(default_factory=OdinCfg)
     #: ID training images used to fit Mahalanobis statistics
     mahalanobis_fit_count: int = Field(10000, gt=0)
+    #: evaluation protocols: "paper" (always; the suite's OOD sets) and optionally "openood_v1_5" (OpenOOD v1.5's
+    #: near/far CIFAR sets, a second results block; greg_ood.openood)
+    protocols: list[Literal["paper", "openood_v1_5"]] = Field(default_factory=lambda: ["paper"])
 
     @model_validator(mode="after")
     def _primary(self) -> "EvalCfg":
         if self.primary not in self.scores:
             raise ValueError(f"primary score {self.primary!r} must be listed in scores {self.scores}")
+        if "paper" not in self.protocols or len(set(self.protocols)) != len(self.protocols):
+            raise ValueError(f"protocols {self.protocols} must list 'paper' (the suite's own evaluation, always run) "
+                             "and each protocol once, e.g. [paper, openood_v1_5]")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_default_protocols(self, handler):
+        """Dump without ``protocols`` when it is the default ``[paper]``: the recorded settings of suites without
+        extra protocols stay as they were before the key existed."""
+        out = handler(self)
+        if isinstance(out, dict) and self.protocols == ["paper"]:
+            out.pop("protocols", None)
+        return out
 
 
 class SelectCfg(_Model):
@@ -345,6 +369,13 @@ class SuiteCfg(_Model):
         for sd in self.certify.seeds or []:
             if sd not in self.seeds:
                 raise ValueError(f"certify seed {sd} is not in seeds {self.seeds}")
+        if "openood_v1_5" in self.eval.protocols:
+            from .openood import protocol_sets
+
+            try:
+                protocol_sets(self.data.id.dataset)
+            except ValueError as e:
+                raise ValueError(f"eval.protocols: {e}; remove openood_v1_5 from this suite") from None
         return self
 
 
@@ -372,6 +403,21 @@ class Params(_Model):
         if bad:
             raise ValueError(f"unknown suites {sorted(bad)}; allowed: {list(SUITES)}")
         return v
+
+    @model_validator(mode="after")
+    def _downloads_declared(self) -> "Params":
+        """The auxiliary pool and the extra protocols' sets have a download stage only when listed in ``datasets``
+        (checked when ``datasets`` is given at all)."""
+        from .openood import protocol_datasets
+
+        if not self.datasets:
+            return self
+        for name, s in self.suites.items():
+            for d in [s.data.aux.dataset, *protocol_datasets(s)]:
+                if d not in self.datasets:
+                    raise ValueError(f"suites.{name} reads dataset {d!r}, which `datasets` does not list: add "
+                                     f"`{d}: {{}}` under datasets (its download stage)")
+        return self
 
 
 # ------------------------------------------------------------------------------------------------ resolved configs

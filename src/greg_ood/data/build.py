@@ -97,6 +97,8 @@ class BuildContext:
             "filename": src.filename, "path": _rel(path, self.data_dir), "urls": list(src.urls),
             "url_used": origin, algo: want, "checksum_confirmed": src.checksum_confirmed,
             "bytes": os.path.getsize(path)})
+        if not want:  # nothing published to verify against: record what was used, so it can be pinned
+            self.manifest["sources"][-1]["sha256_measured"] = sha256_file(path)
         return path
 
     def warn(self, msg: str) -> None:

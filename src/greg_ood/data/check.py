@@ -19,9 +19,11 @@ COLUMNS = ("status", "dataset", "file", "size", "checksum", "source", "place at"
 
 
 def suite_datasets(cfg, suite: str) -> list[str]:
-    """The datasets ``suite`` reads, in order (ID, auxiliary, OOD sets), each once."""
+    """The datasets ``suite`` reads, in order (ID, auxiliary, OOD sets, the extra protocols' sets), each once."""
+    from ..openood import protocol_datasets
+
     d = cfg.suite(suite).data
-    names = [d.id.dataset, d.aux.dataset, *(o.dataset for o in d.ood)]
+    names = [d.id.dataset, d.aux.dataset, *(o.dataset for o in d.ood), *protocol_datasets(cfg.suite(suite))]
     return list(dict.fromkeys(names))
 
 

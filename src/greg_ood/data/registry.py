@@ -1,6 +1,6 @@
 """The converter of every dataset: ``DatasetSpec.builder`` (``sources.py``) -> the function that builds it.
 
-The converters live in ``mini.py``, ``paper.py`` and ``imagenet.py``; they import only :mod:`.build` and know
+The converters live in ``mini.py``, ``paper.py``, ``openood_lists.py`` and ``imagenet.py``; they import only :mod:`.build` and know
 nothing of this table, which :func:`greg_ood.data.prepare.prepare` reads. Adding a dataset: write its converter,
 give its :class:`~greg_ood.data.sources.DatasetSpec` a ``builder`` name, and add the name here.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import imagenet, mini, paper
+from . import imagenet, mini, openood_lists, paper
 from .build import BuildContext
 
 Builder = Callable[[BuildContext], None]
@@ -30,6 +30,8 @@ BUILDERS: dict[str, Builder] = {
     "isun": paper.build_isun,
     "dtd": paper.build_dtd,
     "places365": paper.build_places365,
+    "tin597": openood_lists.build_tin597,
+    "openood_test": openood_lists.build_openood_test,
     "imagenet": imagenet.build_imagenet,
     "mos": imagenet.build_mos,
 }

@@ -130,6 +130,41 @@ _DTD = Source("dtd-r1.0.1.tar.gz", ("https://www.robots.ox.ac.uk/~vgg/data/dtd/d
               md5="fff73e5086ae6bdbea199a49dfb8a4c1", approx_size="about 625 MB")
 _PLACES = "data.csail.mit.edu/places/places365"
 
+#: Google Drive file ids of OpenOOD's download script (``download_id_dict`` of its scripts/download/download.py)
+OPENOOD_GDRIVE_IDS = {
+    "benchmark_imglist.zip": "1lI1j0_fDDvjIt9JlWAw09X8ks-yrR_H1",
+    "tin597.zip": "1R0d8zBcUxWNXz6CPXanobniiIfQbpKzn",
+    "tin.zip": "1PZ-ixyx52U989IKsMA2OT-24fToTrelC",
+    "mnist.zip": "1CCHAGWqA1KJTFFswuF9cbhmB-j98Y1Sb",
+    "places365.zip": "1Ec-LRSTf6u5vEctKX9vRp9OA6tqnJ0Ay",
+}
+
+
+def _openood(fname: str, approx: str) -> Source:
+    """One of OpenOOD's Google Drive files: the plain download URL, then the one that skips the virus-scan page of
+    large files. OpenOOD publishes no checksums: the file is used as downloaded and its sha256 is recorded in the
+    manifest (pin it with a ``$GREG_OOD_SOURCES`` entry)."""
+    fid = OPENOOD_GDRIVE_IDS[fname]
+    urls = (f"https://drive.google.com/uc?export=download&id={fid}",
+            f"https://drive.usercontent.google.com/download?id={fid}&export=download&confirm=t")
+    return Source(fname, urls, approx_size=approx,
+                  alternatives=("OpenOOD's scripts/download/download.py (gdown) fetches the same file",))
+
+
+#: OpenOOD's image lists of every benchmark (one archive shared by the OpenOOD datasets; no published checksum)
+_OPENOOD_LISTS = _openood("benchmark_imglist.zip", "size not published (text lists; a few MB expected)")
+#: name, image archive, approximate size, expected counts per split (OpenOOD v1.5's benchmark table), description
+_OPENOOD_TESTS = (
+    ("openood_tin", "tin.zip", "size not published (Tiny ImageNet's held-out 64x64 JPEGs; tens of MB expected)",
+     {"cifar10": 7793, "cifar100": 7793},
+     "Tiny ImageNet's held-out images in OpenOOD's near-OOD list (images of CIFAR-like classes removed)"),
+    ("openood_mnist", "mnist.zip", "size not published (70,000 28x28 images; tens of MB expected)",
+     {"cifar10": 70000, "cifar100": 70000}, "MNIST, all 70,000 images (OpenOOD's far-OOD list)"),
+    ("openood_places365", "places365.zip", "about 2 GB (Places365 validation images at 256x256)",
+     {"cifar10": 35195, "cifar100": 35195},
+     "Places365 images of OpenOOD's far-OOD list (images of CIFAR-like scenes removed)"),
+)
+
 _SPECS = [
     # ---------------------------------------------------------------- offline mini suite
     DatasetSpec("fashion_mnist", "id", "mini", ("train", "test"), "fashion_mnist",
@@ -210,6 +245,17 @@ _SPECS = [
                         md5="be77b0f2c26fda898afac5f99645ee70", approx_size="about 15 MB",
                         alternatives=("Hugging Face dataset detectors/isun-ood",)),),
                 expected_counts={"test": 8925}, transform="none (32x32)", description="iSUN (ODIN)"),
+    # ---------------------------------------------------------------- OpenOOD v1.5 (image lists; openood_lists.py)
+    DatasetSpec("tin597", "aux", "cifar", ("train",), "tin597", (_OPENOOD_LISTS, _openood("tin597.zip", "size not "
+                "published (ImageNet images of 597 classes at 64x64; recorded at download)")),
+                options={"imglist": "cifar10"}, raw_group="openood", transform="Resize(32) -> CenterCrop(32)",
+                description="TIN-597: ImageNet-1K classes outside Tiny ImageNet and the CIFAR test OOD sets, "
+                            "64x64 like Tiny ImageNet (OpenOOD v1.5's outlier-exposure set; train_tin597.txt)"),
+    *(DatasetSpec(name, "ood", "cifar", ("cifar10", "cifar100"), "openood_test", (_OPENOOD_LISTS,
+                                                                                 _openood(fname, size)),
+                  expected_counts=counts, raw_group="openood", transform="Resize(32) -> CenterCrop(32)",
+                  description=desc)
+      for name, fname, size, counts, desc in _OPENOOD_TESTS),
     # ---------------------------------------------------------------- ImageNet benchmark (file lists)
     DatasetSpec("imagenet", "id+aux", "imagenet", ("train", "val", "aux"), "imagenet",
                 (Source("ILSVRC2012_img_train.tar", (), md5="1d675b47d978889d74fa0da5fadfb00e", downloadable=False,

@@ -22,6 +22,7 @@ from .claims import claims_table, write_claims
 from .fig_ablation import plot_ablation
 from .loading import load_results
 from .names import GRAD_PAIRS, arch_key, arch_name, method_key, method_name, score_name, set_name
+from .openood_table import write_openood_report
 from .paper import SUITE_BENCHMARK, paper_comparison
 from .tables import ablation_table, grad_ablation_table, main_table, paired_differences
 from .writers import write_table
@@ -70,6 +71,7 @@ def build_suite_report(*, suite: str, metrics_files: Iterable[os.PathLike | str]
     conv = one_convention(df, f"build_suite_report({suite})")
     pairs = [tuple(p) for p in grad_pairs]
     written = _tables(df, suite, primary, out, paper_csv, pairs, notes)
+    written.update(write_openood_report(sorted(df["source"].unique()), suite, out))
     written.update(write_claims(claims_table(df, suite=suite, score=primary, grad_pairs=pairs,
                                              train_csv_files=[Path(f) for f in train_csv_files],
                                              certify_files=[Path(f) for f in certify_files],
