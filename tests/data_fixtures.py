@@ -1,5 +1,6 @@
 """Helpers for the data tests: a local HTTP file server with failure modes, and small archives in the exact
-formats of the real datasets (CIFAR python tarballs, SVHN .mat, image-folder tar.gz, TI-300K .npy)."""
+formats of the real datasets (CIFAR python tarballs, SVHN .mat, image-folder tar.gz, TI-300K .npy, OpenOOD's image
+lists and image zips)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +10,7 @@ import socket
 import tarfile
 import threading
 import time
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -251,10 +253,68 @@ def standin_archives(n: int = 8, seed: int = 0) -> dict[str, dict[str, bytes]]:
     return out
 
 
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _flat(rng, h: int, w: int, gray: bool = False) -> np.ndarray:
+    """A random flat-colour image (so a resize keeps its pixels exactly: a known answer)."""
+    c = rng.randint(0, 256, size=1 if gray else 3).astype(np.uint8)
+    return np.broadcast_to(c, (h, w) if gray else (h, w, 3)).copy()
+
+
+def openood_standins(n: int = 8, seed: int = 0, fmt: str = "JPEG", plant_duplicate: bool = False) -> dict:
+    """OpenOOD v1.5 stand-ins: dataset -> {file name: bytes} for tin597 / openood_tin / openood_mnist /
+    openood_places365, plus ``"expected"``: {(dataset, split): [flat colour per listed image]}.
+
+    ``benchmark_imglist.zip`` holds ``benchmark_imglist/<cifar10|cifar100>/<list>.txt`` (``<path> <label>`` lines,
+    paths relative to ``images_classic/``) and an unrelated list; image zips use both layouts OpenOOD's lists can
+    meet: ``tin597.zip`` and ``mnist.zip`` without the top folder (as unpacked into ``images_classic/<name>/``),
+    ``tin.zip`` and ``places365.zip`` with it. TIN-597 has 12·n 64×64 images over 3 ImageNet wnids; the test lists
+    of cifar100 are one image shorter than cifar10's. ``plant_duplicate``: TIN-597's first image is byte-identical to
+    the first image of the cifar10 TIN list."""
+    from greg_ood.data.imagenet import sorted_wnids
+
+    rng = np.random.RandomState(seed)
+    ext = "png" if fmt == "PNG" else "JPEG"
+    enc = lambda a: png(a, fmt)  # noqa: E731
+    lists, expected, out = {}, {}, {}
+    wnids = sorted_wnids()[:3]
+    t597 = {f"tin597/test/{wnids[i % 3]}/{wnids[i % 3]}_{i}.{ext}": _flat(rng, 64, 64) for i in range(12 * n)}
+    tin = {f"tin/test/val_{i}.{ext}": _flat(rng, 64, 64) for i in range(n)}
+    if plant_duplicate:
+        t597[next(iter(t597))] = tin[next(iter(tin))]
+    mnist = {f"mnist/test/{i}.png": _flat(rng, 28, 28, gray=True) for i in range(n)}
+    places = {f"places365/val/Places365_val_{i:08d}.{ext}": _flat(rng, 256, 256) for i in range(n)}
+    for bench in ("cifar10", "cifar100"):
+        lists[f"benchmark_imglist/{bench}/train_tin597.txt"] = "".join(f"{p} -1\n" for p in t597)
+        expected[("tin597", "train")] = [a[0, 0] for a in t597.values()]
+        for name, imgs, fname in (("openood_tin", tin, "test_tin.txt"), ("openood_mnist", mnist, "test_mnist.txt"),
+                                  ("openood_places365", places, "test_places365.txt")):
+            keep = list(imgs)[: n if bench == "cifar10" else n - 1]
+            lists[f"benchmark_imglist/{bench}/{fname}"] = "".join(f"{p} -1\n" for p in keep)
+            expected[(name, bench)] = [np.broadcast_to(imgs[p][0, 0], 3) for p in keep]
+    lists["benchmark_imglist/cifar10/test_cifar10.txt"] = "cifar10/test/0.png 3\n"
+    imglist = _zip({k: v.encode() for k, v in lists.items()})
+    strip = lambda d: {k.split("/", 1)[1]: enc(v) for k, v in d.items()}  # noqa: E731
+    out["tin597"] = {"benchmark_imglist.zip": imglist, "tin597.zip": _zip(strip(t597))}
+    out["openood_tin"] = {"benchmark_imglist.zip": imglist, "tin.zip": _zip({k: enc(v) for k, v in tin.items()})}
+    out["openood_mnist"] = {"benchmark_imglist.zip": imglist,
+                            "mnist.zip": _zip({k.split("/", 1)[1]: png(v) for k, v in mnist.items()})}
+    out["openood_places365"] = {"benchmark_imglist.zip": imglist,
+                                "places365.zip": _zip({k: enc(v) for k, v in places.items()})}
+    out["expected"] = expected
+    return out
+
+
 def serve_standins(server: FileServer, names, n: int = 8, seed: int = 0) -> dict:
     """Put the stand-ins of ``names`` on ``server``; return the $GREG_OOD_SOURCES document that points at them
     (URL, md5 and size of each file)."""
-    archives = standin_archives(n, seed)
+    archives = {**standin_archives(n, seed), **openood_standins(n, seed)}
     doc = {}
     for name in names:
         doc[name] = [{"filename": fn, "url": server.add(f"/{name}/{fn}", blob), "md5": md5(blob), "size": len(blob)}
