@@ -29,7 +29,7 @@ def test_lists_every_file_of_every_dataset_with_status(tmp_path):
     cfg = _cfg()
     data = tmp_path / "data"
     names = suite_datasets(cfg, "cifar10")
-    assert names[:2] == ["cifar10", "tinyimages300k"] and len(names) == 8
+    assert names[:2] == ["cifar10", "tinyimages300k"] and len(names) == 12  # 8 of the paper, 4 more of OpenOOD
     good, size = _raw(data, "cifar10")
     good.parent.mkdir(parents=True)
     with open(good, "wb") as f:  # a sparse file of the published size counts as present
@@ -41,7 +41,8 @@ def test_lists_every_file_of_every_dataset_with_status(tmp_path):
     (data / "prepared" / "dtd" / "manifest.json").write_text(json.dumps({"name": "dtd"}))
     text, bad = report(cfg, "cifar10", data)
     files = [s for n in names for s in DATASETS[n].sources]
-    assert len(files) == 9
+    assert len(files) == 16 and len({(DATASETS[n].raw_name, s.filename) for n in names
+                                     for s in DATASETS[n].sources}) == 14  # OpenOOD's list archive is shared
     for s in files:  # every file: name, checksum, first URL
         assert s.filename in text and s.describe_checksum() in text and s.urls[0] in text
     rows = {ln.split("|")[3].strip(): ln.split("|")[1].strip() for ln in text.splitlines()[3:-1]}
@@ -49,7 +50,8 @@ def test_lists_every_file_of_every_dataset_with_status(tmp_path):
     assert rows["dtd-r1.0.1.tar.gz"] == "prepared"
     assert rows["300K_random_images.npy"] == "present"  # no exact published size: present (verified when used)
     assert rows["val_256.tar"] == "MISSING" and rows["iSUN.tar.gz"] == "MISSING"
-    assert bad == 6 and str(_raw(data, "isun")[0]) in text and "dvc repro report_cifar10" in text
+    assert sum("benchmark_imglist.zip" in ln for ln in text.splitlines()) == 1  # one row for the shared file
+    assert bad == 11 and str(_raw(data, "isun")[0]) in text and "dvc repro report_cifar10" in text
 
 
 def test_wrong_size_is_flagged(tmp_path):
@@ -58,7 +60,7 @@ def test_wrong_size_is_flagged(tmp_path):
     p.parent.mkdir(parents=True)
     p.write_bytes(b"x" * 100)
     text, bad = report(_cfg(), "cifar10", data)
-    assert "WRONG SIZE (100 B)" in text and bad == 9
+    assert "WRONG SIZE (100 B)" in text and bad == 14
 
 
 def test_cli_exit_status_and_bad_suite(tmp_path):
@@ -71,6 +73,6 @@ def test_cli_exit_status_and_bad_suite(tmp_path):
                               capture_output=True, text=True, timeout=120)
 
     r = run("--suite", "cifar10")
-    assert r.returncode == 1 and "9 missing or wrong" in r.stdout and r.stdout.count("| MISSING") == 9
+    assert r.returncode == 1 and "14 missing or wrong" in r.stdout and r.stdout.count("| MISSING") == 14
     r = run("--suite", "nope")
     assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr

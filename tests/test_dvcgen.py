@@ -113,8 +113,11 @@ def test_data_deps_are_what_each_stage_loads(committed):
     assert _datasets(st["select_mini"]) == MINI_ID_AUX | MINI_ID_OOD  # scoring: aux; overlap guard: ID test + OOD
     assert _datasets(st["report_mini"]) == set()
     assert _datasets(st["train_cifar10"]) == {"cifar10", "tinyimages300k"}
-    assert _datasets(st["evaluate_cifar10"]) == {"cifar10", "dtd", "svhn", "places365", "lsun_crop", "lsun_resize",
-                                                 "isun"}
+    paper = {"cifar10", "dtd", "svhn", "places365", "lsun_crop", "lsun_resize", "isun"}
+    openood = {"cifar100", "openood_tin", "openood_mnist", "openood_places365", "svhn", "dtd"}  # eval.protocols
+    assert _datasets(st["evaluate_cifar10"]) == _datasets(st["evaluate_cifar10_ablation"]) == paper | openood
+    assert _datasets(st["select_cifar10"]) == paper | openood | {"tinyimages300k"}  # overlap guard: every test set
+    assert _datasets(st["certify_cifar10"]) == paper
 
 
 def test_params_are_set_in_params_yaml_and_stage_specific(committed):

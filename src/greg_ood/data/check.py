@@ -56,8 +56,9 @@ def _short(text: str, n: int = 70) -> str:
 
 
 def file_rows(datasets: list[str], data_dir: Path) -> list[dict[str, str]]:
-    """One row per (dataset, file); a dataset built without downloads gets one row of its own."""
-    rows = []
+    """One row per (dataset, file) — a file that several datasets share (one raw folder) only at its first
+    dataset; a dataset built without downloads gets one row of its own."""
+    rows, seen = [], set()
     for name in datasets:
         spec = DATASETS[name]
         prepared = (data_dir / "prepared" / name / "manifest.json").is_file()
@@ -67,6 +68,9 @@ def file_rows(datasets: list[str], data_dir: Path) -> list[dict[str, str]]:
                          "place at": "-"})
         for s in spec.sources:
             dest = data_dir / "raw" / spec.raw_name / s.filename
+            if dest in seen:
+                continue
+            seen.add(dest)
             rows.append({"status": _status(s, dest, prepared), "dataset": name, "file": s.filename,
                          "size": _size(s), "checksum": s.describe_checksum(), "source": _origin(s),
                          "place at": str(dest)})
