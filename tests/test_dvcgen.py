@@ -56,8 +56,21 @@ def code_dep_drift(doc: dict, root: Path) -> dict[str, tuple[list[str], list[str
 
 
 def _datasets(st: dict) -> set[str]:
+    """The prepared datasets a stage depends on; the auxiliary pool's variable resolved from params.yaml."""
     prefix = "${project.data_dir}/prepared/"
-    return {d[len(prefix):] for d in _paths(st["deps"]) if d.startswith(prefix)}
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    aux = re.compile(r"^\$\{suites\.(\w+)\.data\.aux\.dataset\}$")
+    names = {d[len(prefix):] for d in _paths(st["deps"]) if d.startswith(prefix)}
+    return {raw["suites"][m[1]]["data"]["aux"]["dataset"] if (m := aux.match(n)) else n for n in names}
+
+
+def test_the_aux_pool_dep_is_a_dvc_variable_so_exp_run_can_swap_it(committed):
+    """`dvc exp run -S suites.cifar10.data.aux.dataset=tin597` must change the train stage's data dep too."""
+    st = _stages(committed)
+    var = "${project.data_dir}/prepared/${suites.cifar10.data.aux.dataset}"
+    for name in ("train_cifar10", "train_cifar10_ablation", "select_cifar10"):
+        assert var in _paths(st[name]["deps"]), name
+    assert "${project.data_dir}/prepared/imagenet" in _paths(st["train_imagenet"]["deps"])  # aux = ID set: literal
 
 
 @pytest.fixture(scope="module")

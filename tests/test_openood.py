@@ -254,3 +254,38 @@ def test_openood_table_from_known_results(tmp_path):
     per = pd.read_csv(written["openood_v1_5_per_set.csv"])
     assert "TIN (near) AUROC ↑" in per.columns and "Places365 (far) FPR95 (OOD+, OpenOOD) ↓" in per.columns
     assert write_openood_report([tmp_path / "c.json"], "cifar10", tmp_path / "none") == {}
+
+
+# ----------------------------------------------------------------------------------------------------- stage hook
+def test_run_protocols_on_prepared_standins_and_nothing_without_the_protocol(server, tmp_path, raw, monkeypatch):
+    """The evaluate stage's hook on every prepared set of the cifar10 protocol (stand-ins, a small CNN on CPU): the
+    block has OpenOOD's sets in order, counts from the cifar10 lists, near/far means of its per-set values; with
+    ``protocols: [paper]`` it returns {} and loads nothing."""
+    import torch
+
+    from data_fixtures import serve_standins
+    from greg_ood import models, pipeline
+    from greg_ood.openood_eval import run_protocols
+
+    r = copy.deepcopy(raw)
+    r["project"]["data_dir"] = str(tmp_path / "d")
+    cfg = C.validate(r)
+    names = ["cifar10", *protocol_datasets(cfg.suite("cifar10"))]
+    (tmp_path / "m.json").write_text(json.dumps(serve_standins(server, names, n=4)))
+    monkeypatch.setenv(SOURCES_ENV, str(tmp_path / "m.json"))
+    for name in names:
+        D.prepare(name, data_dir=tmp_path / "d", options=OPTS, progress=False)
+    sd = pipeline.suite_data(cfg, "cifar10", aux=False, ood=False)
+    torch.manual_seed(0)
+    model = models.build("small_cnn", 10, in_channels=3)
+    out = run_protocols(cfg, "cifar10", model, sd, device=torch.device("cpu"), primary="energy")
+    block = out["protocols"]["openood_v1_5"]
+    assert list(block["per_set"]) == ["cifar100", "tin", "mnist", "svhn", "texture", "places365"]
+    assert block["per_set"]["tin"]["count"] == 4 and block["per_set"]["tin"]["split"] == "cifar10"
+    for g in ("near", "far"):
+        vals = [v["auroc"] for v in block["per_set"].values() if v["group"] == g]
+        assert block[g]["auroc"] == pytest.approx(sum(vals) / len(vals))
+    assert 0.0 <= block["id_accuracy"] <= 1.0 and block["score"] == "energy"
+    r["suites"]["cifar10"]["eval"]["protocols"] = ["paper"]
+    r["project"]["data_dir"] = str(tmp_path / "empty")  # nothing prepared there: nothing may be loaded
+    assert run_protocols(C.validate(r), "cifar10", model, sd, device=torch.device("cpu"), primary="energy") == {}

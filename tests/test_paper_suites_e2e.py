@@ -5,7 +5,8 @@ tests/data_fixtures.py) served from a local HTTP server and registered through `
 tiny extracted ILSVRC tree given as ``imagenet_root``. The params overrides shrink only sizes and lengths (steps,
 batch rows, seeds, counts, cluster counts); the structure stays: for cifar10 every architecture and method, DOS and
 GReg+ from scratch with a step schedule, the lambda_grad ablation, certify, every detection score and the report;
-cifar100 and imagenet run one architecture each. Each suite is its own test (one repository copy per suite).
+cifar100 and imagenet run one architecture each; cifar10 trains with TIN-597 as the auxiliary pool and both cifar
+suites also evaluate the OpenOOD v1.5 protocol. Each suite is its own test (one repository copy per suite).
 """
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ def shrink(raw: dict, suite: str, imagenet_root: Path) -> dict:
             samp["start"] = 1
         if "stop" in samp:
             samp["stop"] = 3
+    if suite == "cifar10":  # TIN-597 instead of TI-300K (the README's `dvc exp run -S` recipe); cifar100 keeps TI-300K
+        s["data"]["aux"]["dataset"] = "tin597"
     s["eval"].update(batch_size=8, mahalanobis_fit_count=16)
     s["certify"].update(count=4, batch_size=small_batch)
     raw["mlflow"]["log_every"] = 1
@@ -76,8 +79,13 @@ def shrink(raw: dict, suite: str, imagenet_root: Path) -> dict:
 
 
 def _datasets(s: dict) -> list[str]:
+    """Every dataset the suite reads: ID, auxiliary, the paper's OOD sets and the extra protocols' sets."""
+    from greg_ood.openood import OPENOOD_V1_5_SETS
+
     d = s["data"]
-    return sorted({d["id"]["dataset"], d["aux"]["dataset"], *(o["dataset"] for o in d["ood"])})
+    extra = OPENOOD_V1_5_SETS[d["id"]["dataset"]] if "openood_v1_5" in s["eval"].get("protocols", []) else ()
+    return sorted({d["id"]["dataset"], d["aux"]["dataset"], *(o["dataset"] for o in d["ood"]),
+                   *(p.dataset for p in extra)})
 
 
 def _sh(args, cwd, env, timeout=1800, check=True):
@@ -188,6 +196,11 @@ def test_report_has_every_arch_method_and_every_score(rehearsal):
         assert (rep / f"main_{score}.csv").exists(), (score, sorted(p.name for p in rep.iterdir()))
     for name in ["grad_ablation", "summary"] + (["ablation"] if s["ablation"]["lambda_grad"] else []):
         assert (rep / f"{name}.md").exists(), name
+    if "openood_v1_5" in s["eval"].get("protocols", []):  # the second protocol's own table, every arch and method
+        oo = pd.read_csv(rep / "openood_v1_5.csv")
+        assert want <= set(zip(oo["Architecture"], oo["Method"])), sorted(want - set(zip(oo["Architecture"],
+                                                                                         oo["Method"])))
+        assert {"Near-OOD FPR95 (OOD+, OpenOOD) ↓", "Far-OOD FPR95 (ID+, paper) ↓"} <= set(oo.columns)
     assert list((d / "certify" / suite).iterdir())
 
 

@@ -10,7 +10,8 @@ Methods, architectures, seeds and ablation values are read by DVC's own templati
   re-runs exactly the stages that run that code (:func:`code_deps`);
 * ``- DATA id aux ood protocol``: the prepared datasets the stage loads for that suite (``id``: the ID set, ``aux``:
   the auxiliary pool, ``ood``: every OOD test set, ``protocol``: the sets of ``eval.protocols`` beyond the paper's),
-  each once, sorted;
+  each once, sorted; the auxiliary pool as ``${suites.<suite>.data.aux.dataset}``, so ``dvc exp run -S`` can swap
+  it (:func:`data_dep_names`);
 * params: a listed key that params.yaml does not set is left out (DVC refuses a missing key; its value is then the
   code default of ``config.py``, itself a code dep of every stage);
 * top-level ``plots``: per suite and architecture, training loss, the input-gradient-norm monitor and the headline
@@ -112,6 +113,17 @@ def suite_datasets(s: C.SuiteCfg, kinds: list[str]) -> list[str]:
     return sorted(names)
 
 
+def data_dep_names(s: C.SuiteCfg, suite: str, kinds: list[str]) -> list[str]:
+    """:func:`suite_datasets`, except that the auxiliary pool, when no other kind reads the same dataset, is written
+    as the DVC variable ``${suites.<suite>.data.aux.dataset}``: ``dvc exp run -S suites.<suite>.data.aux.dataset=X``
+    then swaps the pool (and its dependency) without regenerating dvc.yaml."""
+    names = suite_datasets(s, kinds)
+    aux = s.data.aux.dataset
+    if "aux" in kinds and aux not in suite_datasets(s, [k for k in kinds if k != "aux"]):
+        names = [f"${{suites.{suite}.data.aux.dataset}}" if n == aux else n for n in names]
+    return names
+
+
 def _has_key(raw: dict, dotted: str) -> bool:
     cur = raw
     for k in dotted.split("."):
@@ -132,7 +144,7 @@ def expand(text: str, root: Path, cfg: C.Config, suite: str | None = None) -> st
             if suite is None:
                 raise ValueError("dvc template: DATA deps are only valid inside a suite block")
             out += [f"{m['indent']}- ${{project.data_dir}}/prepared/{d}\n"
-                    for d in suite_datasets(cfg.suite(suite), m["kinds"].split())]
+                    for d in data_dep_names(cfg.suite(suite), suite, m["kinds"].split())]
         elif (m := _PARAM.match(bare)) and not _has_key(cfg.raw, m["key"]):
             continue
         else:
