@@ -197,8 +197,7 @@ class IdRef(_Model):
 
 
 class AuxRef(_Model):
-    #: an auxiliary dataset of the registry (e.g. tinyimages300k, or tin597: OpenOOD v1.5's TIN-597)
-    dataset: str
+    dataset: str  # an auxiliary dataset of the registry: tinyimages300k, tin597 (OpenOOD v1.5's TIN-597), ...
     split: str = "train"
 
     @field_validator("dataset")
@@ -255,8 +254,7 @@ class EvalCfg(_Model):
     odin: OdinCfg = Field(default_factory=OdinCfg)
     #: ID training images used to fit Mahalanobis statistics
     mahalanobis_fit_count: int = Field(10000, gt=0)
-    #: evaluation protocols: "paper" (always; the suite's OOD sets) and optionally "openood_v1_5" (OpenOOD v1.5's
-    #: near/far CIFAR sets, a second results block; greg_ood.openood)
+    #: "paper" (always: the suite's OOD sets), optionally "openood_v1_5" (OpenOOD v1.5's near/far sets; openood.py)
     protocols: list[Literal["paper", "openood_v1_5"]] = Field(default_factory=lambda: ["paper"])
 
     @model_validator(mode="after")
@@ -270,8 +268,7 @@ class EvalCfg(_Model):
 
     @model_serializer(mode="wrap")
     def _without_default_protocols(self, handler):
-        """Dump without ``protocols`` when it is the default ``[paper]``: the recorded settings of suites without
-        extra protocols stay as they were before the key existed."""
+        """Dump without ``protocols`` when it is ``[paper]``: recorded settings stay as before the key existed."""
         out = handler(self)
         if isinstance(out, dict) and self.protocols == ["paper"]:
             out.pop("protocols", None)
@@ -369,13 +366,12 @@ class SuiteCfg(_Model):
         for sd in self.certify.seeds or []:
             if sd not in self.seeds:
                 raise ValueError(f"certify seed {sd} is not in seeds {self.seeds}")
-        if "openood_v1_5" in self.eval.protocols:
-            from .openood import protocol_sets
+        from .openood import protocol_datasets
 
-            try:
-                protocol_sets(self.data.id.dataset)
-            except ValueError as e:
-                raise ValueError(f"eval.protocols: {e}; remove openood_v1_5 from this suite") from None
+        try:
+            protocol_datasets(self)
+        except ValueError as e:
+            raise ValueError(f"eval.protocols: {e}; remove openood_v1_5 from this suite") from None
         return self
 
 
@@ -406,13 +402,10 @@ class Params(_Model):
 
     @model_validator(mode="after")
     def _downloads_declared(self) -> "Params":
-        """The auxiliary pool and the extra protocols' sets have a download stage only when listed in ``datasets``
-        (checked when ``datasets`` is given at all)."""
+        """The aux pool and the extra protocols' sets need a download stage: a ``datasets`` entry (when given)."""
         from .openood import protocol_datasets
 
-        if not self.datasets:
-            return self
-        for name, s in self.suites.items():
+        for name, s in self.suites.items() if self.datasets else ():
             for d in [s.data.aux.dataset, *protocol_datasets(s)]:
                 if d not in self.datasets:
                     raise ValueError(f"suites.{name} reads dataset {d!r}, which `datasets` does not list: add "

@@ -153,16 +153,17 @@ def _openood(fname: str, approx: str) -> Source:
 
 #: OpenOOD's image lists of every benchmark (one archive shared by the OpenOOD datasets; no published checksum)
 _OPENOOD_LISTS = _openood("benchmark_imglist.zip", "size not published (text lists; a few MB expected)")
-#: name, image archive, approximate size, expected counts per split (OpenOOD v1.5's benchmark table), description
+#: name, image archive, approximate size, expected counts per split (OpenOOD v1.5's benchmark description as we
+#: recall it, unverified offline: a difference is only a manifest warning), description
 _OPENOOD_TESTS = (
     ("openood_tin", "tin.zip", "size not published (Tiny ImageNet's held-out 64x64 JPEGs; tens of MB expected)",
      {"cifar10": 7793, "cifar100": 7793},
-     "Tiny ImageNet's held-out images in OpenOOD's near-OOD list (images of CIFAR-like classes removed)"),
+     "Tiny ImageNet's held-out images in OpenOOD's near-OOD list (one split per CIFAR benchmark's list)"),
     ("openood_mnist", "mnist.zip", "size not published (70,000 28x28 images; tens of MB expected)",
      {"cifar10": 70000, "cifar100": 70000}, "MNIST, all 70,000 images (OpenOOD's far-OOD list)"),
     ("openood_places365", "places365.zip", "about 2 GB (Places365 validation images at 256x256)",
      {"cifar10": 35195, "cifar100": 35195},
-     "Places365 images of OpenOOD's far-OOD list (images of CIFAR-like scenes removed)"),
+     "Places365 images of OpenOOD's far-OOD list (one split per CIFAR benchmark's list)"),
 )
 
 _SPECS = [
