@@ -46,6 +46,7 @@ def main() -> None:
                           [{"fpr": p["fpr"], "tpr": p["tpr"], "set": head} for p in roc[head]])
         write_json_atomic(P.roc_all(args.suite, exp.name), roc)
         run.log_metrics(eval_metrics(results, head, primary))
+        run.log_metrics(openood_eval.mlflow_metrics(full))
         run.log_file(P.results(args.suite, exp.name), "results.json")
         print(f"{info.dvc_stage}: ID acc {_pct(summary['id_accuracy'])} | {primary} on {head}: FPR95 "
               f"{_pct(summary[head + '.fpr95'])}, AUROC {_pct(summary[head + '.auroc'])} | mean over "

@@ -286,6 +286,10 @@ def test_run_protocols_on_prepared_standins_and_nothing_without_the_protocol(ser
         vals = [v["auroc"] for v in block["per_set"].values() if v["group"] == g]
         assert block[g]["auroc"] == pytest.approx(sum(vals) / len(vals))
     assert 0.0 <= block["id_accuracy"] <= 1.0 and block["score"] == "energy"
+    from greg_ood.openood_eval import mlflow_metrics
+
+    assert mlflow_metrics(out)["openood_v1_5/far/fpr95_ood_positive"] == block["far"]["fpr95_ood_positive"]
+    assert len(mlflow_metrics(out)) == 6 and mlflow_metrics({"experiment": "x"}) == {}
     r["suites"]["cifar10"]["eval"]["protocols"] = ["paper"]
     r["project"]["data_dir"] = str(tmp_path / "empty")  # nothing prepared there: nothing may be loaded
     assert run_protocols(C.validate(r), "cifar10", model, sd, device=torch.device("cpu"), primary="energy") == {}

@@ -89,3 +89,12 @@ def aux_overlap_sets(cfg, suite: str) -> dict:
     ddir = Path(cfg.params.project.data_dir)
     return {f"{OPENOOD_V1_5}/{p.name}": D.load_split(ddir, p.dataset, p.split)
             for p in protocol_sets(s.data.id.dataset)}
+
+
+def mlflow_metrics(results: dict) -> dict[str, float]:
+    """The near/far means of a results file's OpenOOD block as MLflow metrics (``openood_v1_5/near/auroc``, ...);
+    {} without the block."""
+    block = results.get("protocols", {}).get(OPENOOD_V1_5)
+    if block is None:
+        return {}
+    return {f"{OPENOOD_V1_5}/{g}/{k}": v for g in GROUPS for k, v in block[g].items()}
