@@ -22,7 +22,7 @@ from .claims import claims_table, write_claims
 from .fig_ablation import plot_ablation
 from .loading import load_results
 from .names import GRAD_PAIRS, arch_key, arch_name, method_key, method_name, score_name, set_name
-from .paper import SUITE_BENCHMARK, paper_comparison
+from .paper import NoPaperNumbers, no_paper_numbers_text, paper_comparison
 from .tables import ablation_table, grad_ablation_table, main_table, paired_differences
 from .writers import write_table
 
@@ -110,11 +110,12 @@ def _tables(df: pd.DataFrame, suite: str, primary: str, out: Path, paper_csv, pa
     table("main_per_set", main_table(df, suite=suite, score=primary, per_set=True, metrics=("fpr95", "auroc")))
     for s in sorted(set(df["score"]) - {primary}):
         table(f"main_{s}", main_table(df, suite=suite, score=s))
-    if paper_csv is not None and SUITE_BENCHMARK.get(suite):
+    if paper_csv is not None:
         try:
             table("paper_comparison", paper_comparison(df, paper_csv, suite=suite, score=primary))
-        except ValueError as e:
-            notes.append(f"Paper comparison skipped: {e}")
+        except NoPaperNumbers:
+            written["paper_comparison.md"] = write_bytes_atomic(out / "paper_comparison.md",
+                                                                no_paper_numbers_text(suite, paper_csv))
     if (df["group"] == "ablation").any():
         table("ablation", ablation_table(df, suite=suite, score=primary))
     for name, make in (("grad_ablation", lambda: grad_ablation_table(df, suite=suite, score=primary, pairs=pairs)),
@@ -164,7 +165,9 @@ def _summary(suite: str, df: pd.DataFrame, primary: str, conv: str, written: Map
     for k in sorted(written):
         if k.endswith(".md") and "/" not in k:
             stem = k[:-3]
-            lines.append(f"* [{stem}]({stem}.md) ([LaTeX]({stem}.tex), [CSV]({stem}.csv))")
+            alt = ", ".join(f"[{lab}]({stem}.{ext})" for lab, ext in (("LaTeX", "tex"), ("CSV", "csv"))
+                            if f"{stem}.{ext}" in written)
+            lines.append(f"* [{stem}]({stem}.md)" + (f" ({alt})" if alt else ""))
     lines.append("* [results_long.csv](results_long.csv): every per-seed value (fractions)")
     figs = sorted(k for k in written if k.startswith("figures/"))
     lines += ["", "## Figures"] + ([f"* [{Path(k).stem}]({k})" for k in figs] or ["* none"])
