@@ -131,8 +131,8 @@ def load_results(metrics_files: Iterable[os.PathLike | str]) -> pd.DataFrame:
 
 def load_paper_numbers(paper_csv: os.PathLike | str) -> pd.DataFrame:
     """Read ``reports/paper/paper_numbers.csv``. A trailing ``?`` on the arch (the brief's marking) is turned into
-    ``note = "architecture inferred"``; an empty ``value`` (the number is unknown) becomes NaN. Adds ``status``: "reported (unverified)", or "anchor (other protocol)" for
-    rows whose ``table`` starts with ``anchor``."""
+    ``note = "architecture inferred"``; an empty ``value`` (the number is unknown) becomes NaN. Adds ``status``:
+    "reported (unverified)", or "anchor (other protocol)" for rows whose ``table`` starts with ``anchor``."""
     path = Path(paper_csv)
     p = pd.read_csv(path, dtype=str, keep_default_na=False)
     need = ["table", "benchmark", "arch", "method", "ood_set", "metric", "value", "provenance"]
