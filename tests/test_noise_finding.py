@@ -17,9 +17,13 @@ from greg_ood.report.noise import (NoiseInputs, build_noise_finding, id_threshol
 from greg_ood.report.suite import build_suite_report
 
 SETS = ["fmnist_near", "uniform_noise"]
-# (method, seed) -> FPR95 on uniform noise, the noise images' energy score (−E), the training batches' aux E median
-RUNS = {("greg_plus", 0): (0.90, 8.0, -7.0), ("greg_plus", 1): (0.10, -5.0, -7.0),
-        ("energy", 0): (0.05, -5.0, -3.0), ("energy", 1): (0.20, -5.0, -3.0)}
+# (method, seed) -> k of the 50 uniform-noise images that get energy score 8 (the others −5; the ID scores are
+# 0, 0.1, …, 10, so FPR95 = k / 50), the training batches' auxiliary median energy
+RUNS = {("greg_plus", 0): (45, -5.0), ("greg_plus", 1): (5, -5.0), ("energy", 0): (0, -3.0), ("energy", 1): (10, -3.0)}
+
+
+def _noise_scores(k: int) -> np.ndarray:
+    return np.r_[np.full(k, 8.0), np.full(50 - k, -5.0)]
 
 
 def test_id_threshold_fraction_known_answer():
@@ -48,11 +52,11 @@ def _inputs(tmp: Path):
     scores, metrics = tmp / "scores", tmp / "train"
     scores.mkdir()
     metrics.mkdir()
-    for (m, s), (fpr, noise_score, aux_e) in RUNS.items():
-        doc = TR.metrics_doc(method=m, seed=s, sets=SETS, per_set_fpr={"fmnist_near": 0.5, "uniform_noise": fpr})
+    for (m, s), (k, aux_e) in RUNS.items():
+        doc = TR.metrics_doc(method=m, seed=s, sets=SETS, per_set_fpr={"fmnist_near": 0.5, "uniform_noise": k / 50})
         docs.append(doc)
         np.savez(scores / f"{doc['experiment']}.npz",
-                 **{"energy/id": np.linspace(0.0, 10.0, 101), "energy/uniform_noise": np.full(50, noise_score),
+                 **{"energy/id": np.linspace(0.0, 10.0, 101), "energy/uniform_noise": _noise_scores(k),
                     "energy/fmnist_near": np.zeros(50)})
         log = metrics / f"{doc['experiment']}.train.csv"
         pd.DataFrame({"step": [10, 20], "energy_aux_p5": [aux_e - 2, aux_e - 2], "energy_aux_p50": [aux_e, aux_e + 1],
@@ -77,23 +81,40 @@ def test_noise_finding_known_answers(tmp_path):
     assert set(got) == {"noise_finding.md", "noise_finding.csv", "noise_finding_readme.md"} and notes == []
     csv = pd.read_csv(got["noise_finding.csv"]).set_index(["method", "seed"])
     assert list(csv["scored_as_id"]) == [False, False, True, False]  # energy s0, s1, greg_plus s0, s1
-    assert csv.loc[("greg_plus", 0), "frac_above_id_threshold"] == 1.0  # score 8 ≥ 0.5 (5 % quantile of ID)
-    assert csv.loc[("greg_plus", 1), "frac_above_id_threshold"] == 0.0
+    assert csv.loc[("greg_plus", 0), "frac_above_id_threshold"] == 0.9  # score 8 ≥ 0.5 (5 % quantile of ID)
+    assert csv.loc[("greg_plus", 1), "frac_above_id_threshold"] == 0.1
     assert csv.loc[("greg_plus", 0), "energy_noise_p50"] == -8.0 and csv.loc[("energy", 1), "energy_noise_p50"] == 5.0
     assert csv.loc[("energy", 0), "energy_id_p95"] == pytest.approx(-0.5)  # −(5 % quantile of the ID scores)
-    assert csv.loc[("greg_plus", 0), "train_energy_aux_p50"] == -6.5  # mean of -7 and -6 over the logged steps
-    assert csv.loc[("greg_plus", 0), "train_energy_aux_p50_last"] == -6.0
+    assert csv.loc[("greg_plus", 0), "train_energy_aux_p50"] == -4.5  # mean of -5 and -4 over the logged steps
+    assert csv.loc[("greg_plus", 0), "train_energy_aux_p50_last"] == -4.0
     assert csv.loc[("energy", 0), "train_active_frac_aux"] == 0.5
     readme = got["noise_finding_readme.md"].read_text()
     assert "* GReg+ (Small CNN): noise scored as ID (FPR95 > 50 %): Uniform noise in 1 of 2 seeds (FPR95 90.0, " \
            "10.0 %)." in readme
     assert "* Energy (Small CNN): noise scored as ID (FPR95 > 50 %): Uniform noise in 0 of 2 seeds" in readme
     assert "Methods with a noise set scored as ID in at least one seed: GReg+ (Small CNN) (of 2)." in readme
-    assert "auxiliary energy median -6.50 (5th–95th percentile -9.00 to -5.00)" in readme
+    assert "GReg+ (Small CNN), mean over logged steps and 2 seeds: auxiliary energy median -4.50 (5th–95th " \
+           "percentile -7.00 to -3.00)" in readme
+    # noise median energy −8 (seed 0) is below the training batches' auxiliary 5th percentile −7; seed 1: +5 is not
+    assert "is below the auxiliary 5th percentile in 1 of 2 run × noise set pairs." in readme
+    assert "is below the auxiliary 5th percentile in 0 of 2 run × noise set pairs." in readme  # Energy
     assert "Aux pool: 1 of 20 measured images (5.00 %) are as high-frequency as the noise" in readme
     md = got["noise_finding.md"].read_text()
     assert readme.split("\n\n", 1)[1].strip() in md  # the README quote is the report's own summary
-    assert "| Small CNN | GReg+ | 0 | Uniform noise | 90.00 | 100.00 | -8.00 / -8.00 / -8.00 |" in md
+    assert "| Small CNN | GReg+ | 0 | Uniform noise | 90.00 | 90.00 | -8.00 / -8.00 / 5.00 | -5.00 / -0.50 |" in md
+
+
+def test_score_arrays_from_another_run_are_not_used(tmp_path):
+    docs, logs, scores, inp = _inputs(tmp_path)
+    stale = scores / f"{docs[0]['experiment']}.npz"  # greg_plus s0 (k = 45), overwritten by arrays with k = 44
+    np.savez(stale, **{"energy/id": np.linspace(0.0, 10.0, 101), "energy/uniform_noise": _noise_scores(44)})
+    notes: list[str] = []
+    got = build_noise_finding(load_results(TR.write(tmp_path, docs)), suite="mini", inputs=inp, out=tmp_path / "o",
+                              scores_dir=scores, train_csv_files=logs, notes=notes)
+    csv = pd.read_csv(got["noise_finding.csv"]).set_index(["method", "seed"])
+    assert math.isnan(csv.loc[("greg_plus", 0), "frac_above_id_threshold"])
+    assert csv.loc[("greg_plus", 1), "frac_above_id_threshold"] == 0.1
+    assert "from these arrays is 0.880000, the results say 0.900000" in got["noise_finding.md"].read_text()
 
 
 def test_noise_finding_without_training_diagnostics_or_noise_sets(tmp_path):

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import write_bytes_atomic
+from ..metrics import fpr_at_tpr
 from .aggregate import score_mask
 from .loading import experiment_of_csv, load_train_curves
 from .names import arch_key, arch_name, method_key, method_name, set_name
@@ -138,22 +139,39 @@ def run_table(df: pd.DataFrame, noise_sets: Sequence[str], scores_dir: Optional[
                "ood_set": r["ood_set"], "fpr95": float(r["fpr95"]), "scored_as_id": bool(r["fpr95"] > SCORED_AS_ID_FPR),
                "frac_above_id_threshold": math.nan, "energy_id_p50": math.nan, "energy_id_p95": math.nan,
                "energy_noise_p5": math.nan, "energy_noise_p50": math.nan, "energy_noise_p95": math.nan}
-        f = Path(scores_dir) / f"{r['experiment']}.npz" if scores_dir is not None else None
-        if f is None or not f.is_file():
-            notes.append(f"No score arrays for {r['experiment']} ({f}): per-sample columns left empty.")
-        else:
-            with np.load(f) as z:
-                p, s = r["primary_score"], r["ood_set"]
-                if f"{p}/id" in z.files and f"{p}/{s}" in z.files:
-                    row["frac_above_id_threshold"] = id_threshold_fraction(z[f"{p}/id"], z[f"{p}/{s}"],
-                                                                           float(r["tpr"]))[1]
-                if "energy/id" in z.files and f"energy/{s}" in z.files:
-                    e_id, e_n = -z["energy/id"].astype(float), -z[f"energy/{s}"].astype(float)
-                    row["energy_id_p50"], row["energy_id_p95"] = np.percentile(e_id, [50, 95])
-                    row["energy_noise_p5"], row["energy_noise_p50"], row["energy_noise_p95"] = \
-                        np.percentile(e_n, [5, 50, 95])
+        z = _score_arrays(r, scores_dir, notes)
+        if z is not None:
+            p, s = r["primary_score"], r["ood_set"]
+            row["frac_above_id_threshold"] = id_threshold_fraction(z[f"{p}/id"], z[f"{p}/{s}"], float(r["tpr"]))[1]
+            if "energy/id" in z and f"energy/{s}" in z:
+                e_id, e_n = -z["energy/id"].astype(float), -z[f"energy/{s}"].astype(float)
+                row["energy_id_p50"], row["energy_id_p95"] = np.percentile(e_id, [50, 95])
+                row["energy_noise_p5"], row["energy_noise_p50"], row["energy_noise_p95"] = \
+                    np.percentile(e_n, [5, 50, 95])
         rows.append(row)
     return _ordered(pd.DataFrame(rows), ["ood_set"])
+
+
+def _score_arrays(r: pd.Series, scores_dir: Optional[Path], notes: list[str]) -> Optional[dict[str, np.ndarray]]:
+    """The score arrays of the run of results row ``r``, or None (with a note) when the file is missing, lacks
+    the primary score, or is not the one the results came from: FPR95 recomputed from the arrays
+    (:func:`greg_ood.metrics.fpr_at_tpr` with the run's convention) must equal the results' value."""
+    f = Path(scores_dir) / f"{r['experiment']}.npz" if scores_dir is not None else None
+    if f is None or not f.is_file():
+        notes.append(f"No score arrays for {r['experiment']} ({f}): per-sample columns left empty.")
+        return None
+    p, s = r["primary_score"], r["ood_set"]
+    with np.load(f) as npz:
+        z = {k: npz[k] for k in npz.files}
+    if f"{p}/id" not in z or f"{p}/{s}" not in z:
+        notes.append(f"{f}: no '{p}/id' or '{p}/{s}' array: per-sample columns left empty.")
+        return None
+    fpr = fpr_at_tpr(z[f"{p}/id"], z[f"{p}/{s}"], float(r["tpr"]), r["positive"], r["fpr_rule"])
+    if not math.isclose(fpr, float(r["fpr95"]), abs_tol=1e-6):
+        notes.append(f"{f}: FPR95 on {s} from these arrays is {fpr:.6f}, the results say {float(r['fpr95']):.6f} "
+                     f"(a file from another run?): per-sample columns left empty.")
+        return None
+    return z
 
 
 def _ordered(t: pd.DataFrame, extra: Sequence[str]) -> pd.DataFrame:
@@ -191,39 +209,61 @@ def train_table(df: pd.DataFrame, train_csv_files: Sequence[Path], notes: list[s
 def summary_lines(runs: pd.DataFrame, train: pd.DataFrame, data: pd.DataFrame,
                   noise_sets: Sequence[str]) -> list[str]:
     """The computed summary: per method and noise set "scored as ID (FPR95 > 50 %) in k of n seeds" with the
-    per-seed FPR95; the methods that do so in at least one seed; per method the auxiliary energies training saw;
-    the share of the auxiliary pool as high-frequency as the noise."""
+    per-seed FPR95; the methods that do so in at least one seed; per method the auxiliary energies training saw
+    and how the noise's energies compare with them; the share of the auxiliary pool as high-frequency as the
+    noise."""
     lines = []
-    for (arch, m), g in runs.groupby(["arch", "method"], sort=False):
+    groups = list(runs.groupby(["arch", "method"], sort=False))
+    for (arch, m), g in groups:
         parts = []
         for s in noise_sets:
             gs = g[g["ood_set"] == s].sort_values("seed")
             if len(gs):
                 per = ", ".join(f"{100 * v:.1f}" for v in gs["fpr95"])
-                parts.append(f"{set_name(s)} in {int(gs['scored_as_id'].sum())} of {len(gs)} "
-                             f"seed{'s' if len(gs) != 1 else ''} (FPR95 {per} %)")
+                parts.append(f"{set_name(s)} in {int(gs['scored_as_id'].sum())} of {_n(len(gs), 'seed')} "
+                             f"(FPR95 {per} %)")
         lines.append(f"{method_name(m)} ({arch_name(arch)}): noise scored as ID (FPR95 > "
                      f"{100 * SCORED_AS_ID_FPR:g} %): " + "; ".join(parts) + ".")
-    hit = [f"{method_name(m)} ({arch_name(a)})" for (a, m), g in runs.groupby(["arch", "method"], sort=False)
-           if g["scored_as_id"].any()]
-    n = runs.groupby(["arch", "method"]).ngroups
+    hit = [f"{method_name(m)} ({arch_name(a)})" for (a, m), g in groups if g["scored_as_id"].any()]
     lines.append(f"Methods with a noise set scored as ID in at least one seed: {', '.join(hit) if hit else 'none'} "
-                 f"(of {n}).")
-    for (a, m), g in (train.groupby(["arch", "method"], sort=False) if len(train) else ()):
-        seeds = f"{len(g)} seed{'s' if len(g) != 1 else ''}"
-        lines.append(f"Training batches of {method_name(m)} ({arch_name(a)}), mean over logged steps and {seeds}: "
-                     f"auxiliary energy median {g['train_energy_aux_p50'].mean():.2f} (5th–95th percentile {g['train_energy_aux_p5'].mean():.2f} to {g['train_energy_aux_p95'].mean():.2f}), "
-                     f"share of auxiliary rows above m_out {100 * g['train_active_frac_aux'].mean():.1f} %, ID "
-                     f"energy median {g['train_energy_id_p50'].mean():.2f}.")
-    aux = data[data["_label"] == data.attrs.get("aux_label")] if len(data) else data
-    if len(aux):
-        r = aux.iloc[0]
-        med = "; ".join(f"{row['Data']} {row['_r_median']:.3f}" for _, row in data.iterrows())
-        lines.append(f"{r['Data']}: {r['_like']} of {r['_n']} measured images "
-                     f"({100 * r['_like'] / r['_n']:.2f} %) are as high-frequency as the noise (HF ratio ≥ "
-                     f"{data.attrs['floor']:.3f}, the lowest 5th percentile over the noise sets); median HF ratio: "
-                     f"{med}.")
+                 f"(of {len(groups)}).")
+    return lines + _training_lines(runs, train) + _data_lines(data)
+
+
+def _n(k: int, what: str) -> str:
+    return f"{k} {what}{'s' if k != 1 else ''}"
+
+
+def _training_lines(runs: pd.DataFrame, train: pd.DataFrame) -> list[str]:
+    """Per method: the auxiliary energies of the training batches (mean over logged steps and seeds), and in how
+    many (run, noise set) pairs the noise's median energy under the final model lies below those batches' 5th
+    percentile, i.e. more ID-like than nearly every outlier the run was trained on."""
+    if not len(train):
+        return []
+    j = runs.merge(train[["experiment", "train_energy_aux_p5"]], on="experiment")
+    lines = []
+    for (a, m), g in train.groupby(["arch", "method"], sort=False):
+        jm = j[(j["arch"] == a) & (j["method"] == m)].dropna(subset=["energy_noise_p50", "train_energy_aux_p5"])
+        below = int((jm["energy_noise_p50"] < jm["train_energy_aux_p5"]).sum())
+        lines.append(f"Training batches of {method_name(m)} ({arch_name(a)}), mean over logged steps and "
+                     f"{_n(len(g), 'seed')}: auxiliary energy median {g['train_energy_aux_p50'].mean():.2f} "
+                     f"(5th–95th percentile {g['train_energy_aux_p5'].mean():.2f} to "
+                     f"{g['train_energy_aux_p95'].mean():.2f}), share of auxiliary rows above m_out "
+                     f"{100 * g['train_active_frac_aux'].mean():.1f} %, ID energy median "
+                     f"{g['train_energy_id_p50'].mean():.2f}; the noise's median energy (final model) is below the "
+                     f"auxiliary 5th percentile in {below} of {_n(len(jm), 'run × noise set pair')}.")
     return lines
+
+
+def _data_lines(data: pd.DataFrame) -> list[str]:
+    aux = data[data["_label"] == data.attrs.get("aux_label")] if len(data) else data
+    if not len(aux):
+        return []
+    r = aux.iloc[0]
+    med = "; ".join(f"{row['Data']} {row['_r_median']:.3f}" for _, row in data.iterrows())
+    return [f"{r['Data']}: {r['_like']} of {r['_n']} measured images ({100 * r['_like'] / r['_n']:.2f} %) are as "
+            f"high-frequency as the noise (HF ratio ≥ {data.attrs['floor']:.3f}, the lowest 5th percentile over the "
+            f"noise sets); median HF ratio: {med}."]
 
 
 def _run_markdown(runs: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
