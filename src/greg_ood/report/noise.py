@@ -183,8 +183,8 @@ def _ordered(t: pd.DataFrame, extra: Sequence[str]) -> pd.DataFrame:
 
 def train_table(df: pd.DataFrame, train_csv_files: Sequence[Path], notes: list[str]) -> pd.DataFrame:
     """One row per main-group run with a training log: the mean over logged steps of :data:`TRAIN_COLUMNS` (the
-    energies of the auxiliary rows each step trained on: GReg+ and DOS the sampler's picks, OE/Energy/GReg random
-    pool batches), plus the auxiliary median energy at the last logged step. Empty (with a note) when the logs
+    energies of the auxiliary rows each step trained on: the picks of GReg+'s, DOS's and POEM's samplers, random
+    pool batches for the other methods), plus the auxiliary median energy at the last logged step. Empty (with a note) when the logs
     predate these columns."""
     runs = df[df["group"] == "main"].drop_duplicates("experiment")
     files = [Path(f) for f in train_csv_files if Path(f).is_file() and experiment_of_csv(f) in set(runs["experiment"])]
