@@ -1,9 +1,11 @@
 """report_<S>: paper-style tables (Markdown, LaTeX, CSV), the claims table with computed verdicts, the paper's
-numbers side by side, the lambda_grad ablation and gradient-term ablation tables, paired per-seed differences and
-figures under reports/<suite>/, and one summary metrics file per method under metrics/<suite>/summary/."""
+numbers side by side, the lambda_grad ablation and gradient-term ablation tables, paired per-seed differences, the
+noise finding and figures under reports/<suite>/, and one summary metrics file per method under
+metrics/<suite>/summary/."""
 from __future__ import annotations
 
 from greg_ood import pipeline, tracking
+from greg_ood.report.noise import noise_inputs
 from greg_ood.report.suite import build_suite_report
 from greg_ood.runinfo import RunInfo
 
@@ -27,7 +29,7 @@ def main() -> None:
             train_csv_files=[P.train_csv(args.suite, e.name) for e in exps],
             certify_files=sorted(P.certify(args.suite).glob("*.npz")),
             grad_pairs=cfg.suite(args.suite).grad_ablation.pairs,
-            summary_dir=P.root / "metrics" / args.suite / "summary")
+            summary_dir=P.root / "metrics" / args.suite / "summary", noise=noise_inputs(cfg.suite(args.suite), P))
         run.log_artifact(P.report(args.suite), "report")
         run.log_artifact(P.root / "metrics" / args.suite / "summary", "summary")
         for k, v in written.items():

@@ -25,3 +25,11 @@ def test_sync_replaces_a_stale_block_and_names_a_missing_file(tmp_path):
     assert readme_sync.sync(stale, tmp_path) == "x\n<!-- generated: t.md -->\n| a | b |\n<!-- /generated -->\ny\n"
     with pytest.raises(FileNotFoundError, match="missing.md"):
         readme_sync.sync("<!-- generated: missing.md -->\n<!-- /generated -->", tmp_path)
+
+
+def test_pending_block_says_not_generated_until_its_file_exists(tmp_path):
+    block = "<!-- generated: n.md pending -->\nold\n<!-- /generated -->"
+    want = "<!-- generated: n.md pending -->\n" + readme_sync.pending_text("n.md") + "\n<!-- /generated -->"
+    assert readme_sync.sync(block, tmp_path) == want and "Not generated yet" in want
+    (tmp_path / "n.md").write_text("* line\n")
+    assert readme_sync.sync(want, tmp_path) == "<!-- generated: n.md pending -->\n* line\n<!-- /generated -->"

@@ -202,14 +202,14 @@ def test_paper_comparison_difference(tmp_path):
     assert isun["Paper"] == "6.20" and isun["Ours"] == "8.90 ± 0.90"
     # our cells the paper does not report → n/r (the source has no WRN-40-2 AUROC)
     nr = t[(t["Architecture"] == "WRN-40-2") & (t["Metric"] == "AUROC ↑") & (t["Method"] == "GReg")]
-    assert len(nr) == 1 and nr.iloc[0]["Paper"] == "n/r" and nr.iloc[0]["Δ (ours − paper)"] == "n/r"
-    # paper rows for a method we did not run here (OE on the inferred DenseNet-101) → "not run"
+    assert len(nr) == 1 and nr.iloc[0]["Paper"] == "n/r" and nr.iloc[0]["Δ (ours − paper)"] == "n/a"
+    # paper rows for a method we did not run here (OE on the inferred DenseNet-101) → not produced, with the reason
     oe = t[(t["Source table"] == "greg_cifar10_plus_grad") & (t["Method"] == "OE")]
-    assert (oe["Ours"] == "not run").all() and (oe["Paper"] != "n/r").all()
+    assert (oe["Ours"] == "not produced: OE is not among this suite's methods").all() and (oe["Paper"] != "n/r").all()
     poem = t[t["Method"].isin(["POEM", "POEM + grad"])]  # our poem / poem_grad, not run in this fixture
-    assert len(poem) == 4 and (poem["Ours"] == "not run").all()
+    assert len(poem) == 4 and poem["Ours"].str.startswith("not produced: POEM").all()
     # baselines we do not run stay, marked
-    assert (t.loc[t["Method"] == "OpenMix", "Ours"] == "no counterpart").all()
+    assert (t.loc[t["Method"] == "OpenMix", "Ours"].str.contains("not implemented here")).all()
     assert "reported (unverified)" in t.attrs["caption"]
 
 
@@ -387,7 +387,8 @@ def test_build_suite_report_writes_expected_files(tmp_path):
     for stem in ("main", "main_per_set", "main_msp", "ablation", "grad_ablation", "paired_differences", "claims"):
         for ext in ("md", "tex", "csv"):
             assert (out / f"{stem}.{ext}").is_file(), f"{stem}.{ext}"
-    assert "paper_comparison.md" not in got  # mini is not a paper suite
+    assert "paper_comparison.csv" not in got  # mini is not a paper suite: a statement, no table
+    assert "No paper numbers apply" in (out / "paper_comparison.md").read_text()
     for f in ("figures/roc_small_cnn.png", "figures/scores_mini-greg-small_cnn-s0.png",
               "figures/training_curves_small_cnn.png", "figures/gradnorm_small_cnn.png", "figures/ablation.png",
               "figures/certify_small_cnn-s0.png"):

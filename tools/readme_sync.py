@@ -5,7 +5,9 @@
     <!-- /generated -->
 
 `python tools/readme_sync.py` rewrites README.md in place; `--check` exits 1 when a block differs from its file
-(`tests/test_readme.py` runs the check).
+(`tests/test_readme.py` runs the check). A block whose file does not exist is an error, unless its marker ends in
+` pending` (`<!-- generated: reports/x.md pending -->`, for a file the next run of its stage writes): its body then
+says that the file is not generated yet, so the README never shows numbers that no file holds.
 """
 from __future__ import annotations
 
@@ -15,16 +17,25 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BLOCK = re.compile(r"(<!-- generated: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.S)
+BLOCK = re.compile(r"(<!-- generated: (?P<path>[^ ]+)(?P<pending> pending)? -->\n)(?P<body>.*?)(<!-- /generated -->)",
+                   re.S)
+
+
+def pending_text(path: str) -> str:
+    """The body of a ``pending`` block whose file does not exist yet."""
+    return (f"*Not generated yet: the report stage writes `{path}` on its next run; then run "
+            f"`python tools/readme_sync.py`.*")
 
 
 def sync(text: str, root: Path = ROOT) -> str:
     """``text`` with every generated block replaced by the current content of the file it names."""
     def fill(m: re.Match) -> str:
         src = root / m.group("path")
-        if not src.is_file():
-            raise FileNotFoundError(f"README block names {m.group('path')}, which does not exist; run the report stage")
-        return m.group(1) + src.read_text().rstrip("\n") + "\n" + m.group(4)
+        if src.is_file():
+            return m.group(1) + src.read_text().rstrip("\n") + "\n" + m.group(5)
+        if m.group("pending"):
+            return m.group(1) + pending_text(m.group("path")) + "\n" + m.group(5)
+        raise FileNotFoundError(f"README block names {m.group('path')}, which does not exist; run the report stage")
     return BLOCK.sub(fill, text)
 
 

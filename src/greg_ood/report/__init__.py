@@ -8,6 +8,7 @@ Pure library code: every input and output path is an argument; no argv, no MLflo
 * :mod:`.aggregate` — row selection, conventions, mean ± std cells, captions, summary metrics;
 * :mod:`.tables` — main, ablation, gradient-term ablation and paired-difference tables;
 * :mod:`.paper` — our numbers next to the paper's; :mod:`.stats` and :mod:`.claims` — the claims table;
+* :mod:`.noise` — the noise finding (which runs score synthetic noise as ID, and the evidence on why);
 * :mod:`.writers` — Markdown, LaTeX and CSV;
 * :mod:`.plotting` and the ``fig_*`` modules — figures (matplotlib is imported only when one is drawn);
 * :mod:`.suite` and :mod:`.suite_figures` — one suite's whole report.
@@ -27,6 +28,7 @@ _EXPORTS = {
     "aggregate": ("format_mean_std", "convention_text", "summary_metrics"),
     "tables": ("main_table", "ablation_table", "grad_ablation_table", "paired_differences"),
     "paper": ("paper_comparison", "SUITE_BENCHMARK"),
+    "noise": ("build_noise_finding",),
     "writers": ("write_table", "table_to_markdown", "table_to_latex", "latex_escape"),
     "claims": ("claims_table", "write_claims"),
     "fig_detection": ("plot_roc", "plot_score_histograms"),

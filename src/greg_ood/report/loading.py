@@ -131,8 +131,8 @@ def load_results(metrics_files: Iterable[os.PathLike | str]) -> pd.DataFrame:
 
 def load_paper_numbers(paper_csv: os.PathLike | str) -> pd.DataFrame:
     """Read ``reports/paper/paper_numbers.csv``. A trailing ``?`` on the arch (the brief's marking) is turned into
-    ``note = "architecture inferred"``. Adds ``status``: "reported (unverified)", or "anchor (other protocol)" for
-    rows whose ``table`` starts with ``anchor``."""
+    ``note = "architecture inferred"``; an empty ``value`` (the number is unknown) becomes NaN. Adds ``status``:
+    "reported (unverified)", or "anchor (other protocol)" for rows whose ``table`` starts with ``anchor``."""
     path = Path(paper_csv)
     p = pd.read_csv(path, dtype=str, keep_default_na=False)
     need = ["table", "benchmark", "arch", "method", "ood_set", "metric", "value", "provenance"]
@@ -144,10 +144,10 @@ def load_paper_numbers(paper_csv: os.PathLike | str) -> pd.DataFrame:
     inferred = p["arch"].str.endswith("?")
     p.loc[inferred, "arch"] = p.loc[inferred, "arch"].str.rstrip("?")
     p.loc[inferred & (p["note"] == ""), "note"] = "architecture inferred"
-    try:
-        p["value"] = p["value"].astype(float)
+    try:  # an empty value = the paper's number is unknown (NaN)
+        p["value"] = p["value"].replace("", "nan").astype(float)
     except ValueError as e:
-        raise ValueError(f"{path}: non-numeric value ({e})") from e
+        raise ValueError(f"{path}: non-numeric value ({e}); leave the cell empty when the number is unknown") from e
     p["status"] = np.where(p["table"].str.startswith("anchor"), "anchor (other protocol)", "reported (unverified)")
     return p
 

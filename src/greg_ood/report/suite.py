@@ -22,8 +22,9 @@ from .claims import claims_table, write_claims
 from .fig_ablation import plot_ablation
 from .loading import load_results
 from .names import GRAD_PAIRS, arch_key, arch_name, method_key, method_name, score_name, set_name
+from .noise import NoiseInputs, build_noise_finding, noise_inputs_from_names
 from .openood_table import write_openood_report
-from .paper import SUITE_BENCHMARK, paper_comparison
+from .paper import NoPaperNumbers, no_paper_numbers_text, paper_comparison
 from .tables import ablation_table, grad_ablation_table, main_table, paired_differences
 from .writers import write_table
 
@@ -36,7 +37,8 @@ def build_suite_report(*, suite: str, metrics_files: Iterable[os.PathLike | str]
                        train_csv_files: Iterable[os.PathLike | str] = (),
                        certify_files: Iterable[os.PathLike | str] = (),
                        grad_pairs: Sequence[Sequence[str]] = GRAD_PAIRS,
-                       summary_dir: Optional[os.PathLike | str] = None) -> dict[str, Path]:
+                       summary_dir: Optional[os.PathLike | str] = None,
+                       noise: Optional[NoiseInputs] = None) -> dict[str, Path]:
     """Write every table and figure of one suite under ``out_dir``, plus ``summary.md``.
 
     * ``main`` (primary score: headline set and mean over OOD sets, FPR95 / AUROC / AUPR-In / AUPR-Out, best values
@@ -51,6 +53,8 @@ def build_suite_report(*, suite: str, metrics_files: Iterable[os.PathLike | str]
     * figures (see :mod:`greg_ood.report.suite_figures`): ``roc_<arch>``, ``scores_<experiment>``,
       ``gradnorm_<arch>`` (the paper's Figure 3), ``gradnorm_lambda_<arch>``, ``training_curves_<arch>``,
       ``certify_<arch>-s<seed>``.
+    * ``noise_finding`` (:mod:`greg_ood.report.noise`) when an OOD set is synthetic noise: ``noise`` names the
+      noise sets and the prepared image files (default: the sets named like a noise dataset, no pixel statistics).
     * ``summary_dir`` (when given): one ``<method>-<arch>.json`` per main run group (:func:`summary_metrics`),
       so that ``dvc metrics show`` prints one row per method; stale files there are removed.
 
@@ -85,6 +89,8 @@ def build_suite_report(*, suite: str, metrics_files: Iterable[os.PathLike | str]
         written.update(F.score_figures(df, primary, Path(scores_dir), out, suite, notes))
     written.update(F.training_figures(df, primary, [Path(f) for f in train_csv_files], out, suite))
     written.update(F.certify_figures(df, [Path(f) for f in certify_files], out, suite, notes))
+    written.update(build_noise_finding(df, suite=suite, inputs=noise or noise_inputs_from_names(ood_sets(df)),
+                                       out=out, scores_dir=scores_dir, train_csv_files=train_csv_files, notes=notes))
     written["summary.md"] = write_bytes_atomic(out / "summary.md", _summary(suite, df, primary, conv, written,
                                                                             notes, out))
     _cleanup_stale(out, written)
@@ -112,11 +118,12 @@ def _tables(df: pd.DataFrame, suite: str, primary: str, out: Path, paper_csv, pa
     table("main_per_set", main_table(df, suite=suite, score=primary, per_set=True, metrics=("fpr95", "auroc")))
     for s in sorted(set(df["score"]) - {primary}):
         table(f"main_{s}", main_table(df, suite=suite, score=s))
-    if paper_csv is not None and SUITE_BENCHMARK.get(suite):
+    if paper_csv is not None:
         try:
             table("paper_comparison", paper_comparison(df, paper_csv, suite=suite, score=primary))
-        except ValueError as e:
-            notes.append(f"Paper comparison skipped: {e}")
+        except NoPaperNumbers:
+            written["paper_comparison.md"] = write_bytes_atomic(out / "paper_comparison.md",
+                                                                no_paper_numbers_text(suite, paper_csv))
     if (df["group"] == "ablation").any():
         table("ablation", ablation_table(df, suite=suite, score=primary))
     for name, make in (("grad_ablation", lambda: grad_ablation_table(df, suite=suite, score=primary, pairs=pairs)),
@@ -166,7 +173,9 @@ def _summary(suite: str, df: pd.DataFrame, primary: str, conv: str, written: Map
     for k in sorted(written):
         if k.endswith(".md") and "/" not in k:
             stem = k[:-3]
-            lines.append(f"* [{stem}]({stem}.md) ([LaTeX]({stem}.tex), [CSV]({stem}.csv))")
+            alt = ", ".join(f"[{lab}]({stem}.{ext})" for lab, ext in (("LaTeX", "tex"), ("CSV", "csv"))
+                            if f"{stem}.{ext}" in written)
+            lines.append(f"* [{stem}]({stem}.md)" + (f" ({alt})" if alt else ""))
     lines.append("* [results_long.csv](results_long.csv): every per-seed value (fractions)")
     figs = sorted(k for k in written if k.startswith("figures/"))
     lines += ["", "## Figures"] + ([f"* [{Path(k).stem}]({k})" for k in figs] or ["* none"])

@@ -1,7 +1,8 @@
 """Writing tables: GitHub Markdown (caption paragraph + table), LaTeX (booktabs) and CSV, each file atomically.
 
-A table is a DataFrame of strings with an optional ``attrs["caption"]`` and ``attrs["bold"]`` (a list of (row,
-column) positions to set in bold: ``**…**`` in Markdown, ``\\textbf{…}`` in LaTeX, plain in CSV).
+A table is a DataFrame of strings with an optional ``attrs["caption"]``, ``attrs["bold"]`` (a list of (row,
+column) positions to set in bold: ``**…**`` in Markdown, ``\\textbf{…}`` in LaTeX, plain in CSV) and
+``attrs["footer"]`` (a Markdown paragraph printed under the Markdown table only).
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def _tex_cell(v: object, bold: bool) -> str:
 
 
 def table_to_markdown(t: pd.DataFrame) -> str:
-    """Caption paragraph + GitHub-flavoured Markdown table (repeated leading index values blanked)."""
+    """Caption paragraph + GitHub-flavoured Markdown table (repeated leading index values blanked) + footer
+    paragraph."""
     idx = _index_frame(t)
     body = pd.DataFrame(t.to_numpy(), columns=_flat_columns(t))
     if len(idx.columns):
@@ -78,8 +80,8 @@ def table_to_markdown(t: pd.DataFrame) -> str:
     n_idx = len(idx.columns)
     lines = [header, sep] + ["| " + " | ".join(_md_cell(v, (i, j - n_idx) in bold) for j, v in enumerate(r)) + " |"
                              for i, r in enumerate(flat.itertuples(index=False))]
-    cap = t.attrs.get("caption", "")
-    return (f"{cap}\n\n" if cap else "") + "\n".join(lines) + "\n"
+    cap, foot = t.attrs.get("caption", ""), t.attrs.get("footer", "")
+    return (f"{cap}\n\n" if cap else "") + "\n".join(lines) + "\n" + (f"\n{foot}\n" if foot else "")
 
 
 def table_to_latex(t: pd.DataFrame, *, label: Optional[str] = None) -> str:
