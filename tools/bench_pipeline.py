@@ -2,23 +2,25 @@
 
 For each git revision given (default: HEAD), a scratch clone at that revision gets the tiny `mini` configuration of
 ``tests/test_pipeline_e2e.py`` (a few dozen training steps per stage, so the start-up and bookkeeping around the work
-dominate, as they do on 2 cores) and runs, with ``tools/bench_hook`` on PYTHONPATH:
+dominate) with one torch thread, and the outputs of the stages upstream of the measured ones (prepared data, the
+pretrained model, the selection), hard-linked from a first, unmeasured ``dvc repro`` (or from ``--artifacts``). Then,
+with ``tools/bench_hook`` on PYTHONPATH, which records per stage process and phase the wall and CPU time (start-up,
+imports, config, data loading, model loading, input/code hashing, the work, evaluation inside training, MLflow set-up,
+other tracking, checkpoint and output writes; see ``tools/bench_hook/sitecustomize.py``):
 
-1. the whole suite, ``dvc repro report_mini`` (every stage kind: download, pretrain, select, train, evaluate,
-   certify, report). The hook records per stage process and phase the wall and CPU time (start-up, imports, config,
-   data loading, model loading, the work, evaluation inside training, MLflow set-up, other tracking, checkpoint and
-   output writes; see ``tools/bench_hook/sitecustomize.py``). DVC's own time per stage is the ``dvc repro`` time
-   minus its stage processes', divided by the number of stages;
-2. DVC probes per stage kind: ``dvc repro --single-item`` of an up-to-date stage (DVC alone: load the pipeline,
-   hash, compare) and ``dvc repro --single-item --force`` (a changed stage: DVC's time = the probe minus the stage
-   process), ``dvc status report_mini``, and one ``dvc.lock`` update as DVC does it after every stage (round-trip
-   parse + dump);
-3. the imports of each stage script (``python -X importtime stages/<x>.py --help``): CPU time of the process and the
-   cumulative import time of the heaviest top-level packages.
+1. one stage per kind (:data:`PROBES`: download, pretrain, select, train, evaluate, certify), in pipeline order and
+   revisions interleaved stage by stage: ``dvc repro --single-item --force`` (a changed stage: DVC's own time = the
+   run minus its stage process), then ``dvc repro --single-item`` again (up to date: DVC alone);
+2. ``dvc status report_mini`` (DVC loading the whole pipeline) and one ``dvc.lock`` update as DVC does it after every
+   stage (round-trip parse + dump of the committed lock);
+3. the imports of each stage script, report included (``python -X importtime stages/<x>.py --help``): CPU time of the
+   process, the cumulative import time of the heaviest packages, and the size of its code closure;
+4. with ``--full``, the whole suite (``dvc repro report_mini`` from scratch): every stage's phases, and DVC's own time
+   per stage.
 
 CPU time (user + system, children included) is the comparison on a loaded machine; wall time is shown too. Writes
-``<out>/pipeline.json`` (every measurement) and ``<out>/pipeline.md`` (medians per stage kind and revision), with the
-machine named.
+``<out>/pipeline.json`` (every measurement) and ``<out>/pipeline.md`` (per stage kind and revision), with the machine
+named.
 
     python tools/bench_pipeline.py --rev 041b738 --rev HEAD --out reports/bench
 """
@@ -45,15 +47,21 @@ HOOK = ROOT / "tools" / "bench_hook"
 sys.path.insert(0, str(ROOT / "tests"))
 from test_pipeline_e2e import TINY, _set  # noqa: E402 - the tiny configuration the end-to-end test runs
 
-PHASES = ["start", "imports", "config", "data", "model_load", "work", "eval_in_training", "mlflow_setup", "tracking",
-          "checkpoint", "writing", "other", "subprocesses"]
+PHASES = ["start", "imports", "config", "setup", "data", "model_load", "resume_check", "work", "eval_in_training",
+          "mlflow_setup", "tracking", "checkpoint", "writing", "other", "subprocesses"]
+# on top of the end-to-end test's tiny configuration: one torch thread, so the CPU time of the training steps is not
+# inflated by threads spinning on a busy machine (the same for every revision compared)
+BENCH_OVERRIDES = {"project.num_threads": 1}
 KINDS = ["download", "pretrain", "select", "train", "evaluate", "certify", "report"]
 SCRIPT_KIND = {"download.py": "download", "pretrain.py": "pretrain", "select_aux.py": "select", "train.py": "train",
                "evaluate.py": "evaluate", "certify.py": "certify", "report.py": "report"}
-# one DVC stage per kind for the DVC probes (cheap ones where a kind has several)
-PROBES = {"download": "download@gaussian_noise", "pretrain": "pretrain_mini@small_cnn",
-          "select": "select_mini@small_cnn", "train": "train_mini@energy-small_cnn-0",
-          "evaluate": "evaluate_mini@energy-small_cnn-0", "certify": "certify_mini", "report": "report_mini"}
+# (kind, DVC stage) measured, in pipeline order (certify needs the energy and GReg models)
+PROBES = [("download", "download@gaussian_noise"), ("pretrain", "pretrain_mini@small_cnn"),
+          ("select", "select_mini@small_cnn"), ("train", "train_mini@energy-small_cnn-0"),
+          ("train", "train_mini@greg-small_cnn-0"), ("evaluate", "evaluate_mini@energy-small_cnn-0"),
+          ("certify", "certify_mini")]
+UPSTREAM = "select_mini@small_cnn"       # its upstream: every download, pretrain, select
+ARTIFACTS = ["data/prepared", "models/pretrained", "selection"]
 HEAVY = ["torch", "numpy", "mlflow", "pandas", "pydantic", "yaml", "scipy", "sklearn", "matplotlib", "PIL",
          "greg_ood"]
 
@@ -103,7 +111,7 @@ def make_clone(rev: str, base: Path) -> tuple[str, Path]:
     timed(["git", "clone", "-q", "--no-checkout", str(ROOT), str(dest)], base, env)
     timed(["git", "checkout", "-q", sha], dest, env)
     raw = yaml.safe_load((dest / "params.yaml").read_text())
-    for k, v in TINY.items():
+    for k, v in {**TINY, **BENCH_OVERRIDES}.items():
         _set(raw, k, v)
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     timed(["git", "commit", "-qam", "tiny mini configuration"], dest, env)
@@ -138,30 +146,41 @@ def full_run(clone: Path, log: Path) -> dict:
             "yaml_lines": (clone / "dvc.yaml").read_text().count("\n")}
 
 
-def dvc_probes(clone: Path, log: Path) -> dict:
-    """Per stage kind: ``dvc repro --single-item`` up to date, and forced (DVC's part = wall/CPU minus the stage
-    process); ``dvc status report_mini``; one dvc.lock round-trip update."""
+def link_artifacts(src: Path, clone: Path) -> None:
+    """Hard-link the upstream stages' outputs (:data:`ARTIFACTS`) of ``src`` into ``clone``."""
+    for rel in ARTIFACTS:
+        if not (src / rel).is_dir():
+            raise SystemExit(f"{src / rel}: missing; --artifacts must hold {', '.join(ARTIFACTS)} of the tiny suite")
+        shutil.copytree(src / rel, clone / rel, copy_function=os.link, dirs_exist_ok=True)
+
+
+def probe_stage(clone: Path, log: Path, kind: str, stage: str) -> dict:
+    """``dvc repro --single-item --force <stage>`` (DVC's part = the run minus its stage process), then the same
+    without ``--force`` (up to date: DVC alone)."""
     env = clone_env(clone, log)
-    out: dict = {}
-    for kind, stage in PROBES.items():
-        _, up_wall, up_cpu = timed(["dvc", "repro", "--single-item", stage], clone, env)
-        start = line_count(log)
-        _, f_wall, f_cpu = timed(["dvc", "repro", "--single-item", "--force", stage], clone, env)
-        recs = records(log, start)
-        out[kind] = {"stage": stage, "uptodate_wall": up_wall, "uptodate_cpu": up_cpu, "forced_wall": f_wall,
-                     "forced_cpu": f_cpu, "process_wall": sum(r["total"] for r in recs),
-                     "process_cpu": sum(r["cpu_total"] for r in recs),
-                     "dvc_wall": f_wall - sum(r["total"] for r in recs),
-                     "dvc_cpu": f_cpu - sum(r["cpu_total"] for r in recs)}
+    start = line_count(log)
+    _, f_wall, f_cpu = timed(["dvc", "repro", "--single-item", "--force", stage], clone, env)
+    recs = records(log, start)
+    _, up_wall, up_cpu = timed(["dvc", "repro", "--single-item", stage], clone, env)
+    return {"kind": kind, "stage": stage, "records": recs, "forced_wall": f_wall, "forced_cpu": f_cpu,
+            "process_wall": sum(r["total"] for r in recs), "process_cpu": sum(r["cpu_total"] for r in recs),
+            "dvc_wall": f_wall - sum(r["total"] for r in recs), "dvc_cpu": f_cpu - sum(r["cpu_total"] for r in recs),
+            "uptodate_wall": up_wall, "uptodate_cpu": up_cpu}
+
+
+def dvc_whole(clone: Path, committed_lock: str) -> dict:
+    """``dvc status report_mini``, and one update of the committed dvc.lock as DVC does it after every stage."""
+    env = clone_env(clone, clone / "unused.jsonl")
     _, s_wall, s_cpu = timed(["dvc", "status", "report_mini"], clone, env)
-    out["status_report_mini"] = {"wall": s_wall, "cpu": s_cpu}
+    lock = clone / "committed.lock"
+    lock.write_text(committed_lock)
     code = ("import time,sys;from dvc.utils.serialize import modify_yaml;t=time.process_time();w=time.perf_counter()\n"
-            "with modify_yaml('dvc.lock') as d: pass\n"
+            "with modify_yaml(sys.argv[1]) as d: pass\n"
             "print(time.process_time()-t, time.perf_counter()-w)")
-    r, _, _ = timed([sys.executable, "-c", code], clone, env)
+    r, _, _ = timed([sys.executable, "-c", code, str(lock)], clone, env)
     lock_cpu, lock_wall = map(float, r.stdout.split())
-    out["lock_update"] = {"wall": lock_wall, "cpu": lock_cpu}
-    return out
+    return {"status_wall": s_wall, "status_cpu": s_cpu, "lock_update_wall": lock_wall, "lock_update_cpu": lock_cpu,
+            "lock_lines": committed_lock.count("\n"), "yaml_lines": (clone / "dvc.yaml").read_text().count("\n")}
 
 
 _IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
@@ -203,7 +222,12 @@ def med(xs) -> float:
     return statistics.median(xs) if xs else 0.0
 
 
+def probe_records(r: dict) -> list[dict]:
+    return [rec for p in r["probes"] for rec in p["records"]]
+
+
 def kind_table(recs: list[dict], key: str) -> list[str]:
+    """Median seconds per phase and stage kind (``key``: "cpu" or "phases" = wall)."""
     lines = ["| stage kind | n | total | not work | " + " | ".join(PHASES) + " |",
              "|---|---:|---:|---:|" + "---:|" * len(PHASES)]
     total_key = "total" if key == "phases" else "cpu_total"
@@ -218,53 +242,99 @@ def kind_table(recs: list[dict], key: str) -> list[str]:
     return lines
 
 
+def _kind_cpu(r: dict, kind: str) -> dict:
+    recs = [x for x in probe_records(r) if x["kind"] == kind]
+    probes = [p for p in r["probes"] if p["kind"] == kind]
+    out = {"notwork": med(x["cpu_total"] - x["cpu"].get("work", 0.0) for x in recs),
+           "work": med(x["cpu"].get("work", 0.0) for x in recs),
+           "imports": med(x["cpu"].get("imports", 0.0) + x["cpu"].get("start", 0.0) for x in recs),
+           "mlflow": med(x["cpu"].get("mlflow_setup", 0.0) + x["cpu"].get("tracking", 0.0) for x in recs),
+           "dvc": med(p["dvc_cpu"] for p in probes), "uptodate": med(p["uptodate_cpu"] for p in probes)}
+    out["stage"] = out["notwork"] + out["dvc"]
+    return out
+
+
+def comparison(res: dict) -> list[str]:
+    """Per stage kind, first revision -> last: CPU seconds of everything but the work, split."""
+    revs = res["meta"]["revs"]
+    a, b = res["revs"][revs[0]], res["revs"][revs[-1]]
+    lines = [f"## {revs[0]} -> {revs[-1]}: CPU seconds per stage beside the work", "",
+             "overhead = the stage process's CPU minus its work + DVC's own CPU for the stage (forced run minus "
+             "process); imports = interpreter start + imports; MLflow = set-up + other tracking calls; DVC up to date "
+             "= `dvc repro --single-item` of a stage with nothing to do; closure = files in the stage script's code "
+             "deps.", "",
+             "| stage kind | overhead | process beside work | imports | MLflow | DVC (changed stage) | "
+             "DVC up to date | closure files | work (for scale) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind in KINDS:
+        if not any(p["kind"] == kind for p in a["probes"]):
+            ia, ib = a["imports"][kind], b["imports"][kind]
+            lines.append(f"| {kind} | | | {ia['cpu']:.2f} -> {ib['cpu']:.2f} (`--help`) | | | | "
+                         f"{a['closure'][kind]} -> {b['closure'][kind]} | |")
+            continue
+        x, y = _kind_cpu(a, kind), _kind_cpu(b, kind)
+        cells = " | ".join(f"{x[k]:.2f} -> {y[k]:.2f}" for k in ("stage", "notwork", "imports", "mlflow", "dvc",
+                                                                  "uptodate"))
+        lines.append(f"| {kind} | {cells} | {a['closure'][kind]} -> {b['closure'][kind]} | "
+                     f"{x['work']:.2f} -> {y['work']:.2f} |")
+    return lines + [""]
+
+
+def rev_section(rev: str, r: dict) -> list[str]:
+    w = r["whole"]
+    lines = [f"## {rev} ({r['sha'][:10]})", "",
+             f"Measured {r['date']}; load average (1/5/15 min) at start {r['load'][0]}, at end {r['load'][1]}. "
+             f"{r['note']}".rstrip(), "",
+             "CPU seconds per stage process (`dvc repro --single-item --force`, one stage per kind, two for train):",
+             "", *kind_table(probe_records(r), "cpu"), "",
+             "Wall seconds per stage process:", "", *kind_table(probe_records(r), "phases"), "",
+             "DVC per stage: forced = `dvc repro --single-item --force` (DVC = forced minus the stage process); up "
+             "to date = the same without `--force` right after (DVC alone).", "",
+             "| stage | forced CPU | process CPU | DVC CPU | up to date CPU | forced wall | process wall | DVC wall | "
+             "up to date wall |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in r["probes"]:
+        lines.append(f"| `{p['stage']}` | {p['forced_cpu']:.2f} | {p['process_cpu']:.2f} | {p['dvc_cpu']:.2f} | "
+                     f"{p['uptodate_cpu']:.2f} | {p['forced_wall']:.2f} | {p['process_wall']:.2f} | "
+                     f"{p['dvc_wall']:.2f} | {p['uptodate_wall']:.2f} |")
+    lines += ["", f"`dvc status report_mini`: CPU {w['status_cpu']:.2f} s, wall {w['status_wall']:.2f} s "
+              f"(dvc.yaml {w['yaml_lines']} lines). One update of the committed dvc.lock ({w['lock_lines']} lines) as "
+              f"DVC does it after each stage (round-trip parse + dump): CPU {w['lock_update_cpu']:.2f} s, wall "
+              f"{w['lock_update_wall']:.2f} s.", "",
+              "Imports (`python -X importtime stages/<x>.py --help`): CPU and wall of the whole process, the code "
+              "closure, and the cumulative import wall time of the heaviest packages.", "",
+              "| stage kind | CPU | wall | closure files | torch | mlflow | heaviest imports (s) |",
+              "|---|---:|---:|---:|---|---|---|"]
+    for kind in KINDS:
+        i = r["imports"][kind]
+        heavy = ", ".join(f"{k} {v:.2f}" for k, v in list(i["packages"].items())[:6])
+        lines.append(f"| {kind} | {i['cpu']:.2f} | {i['wall']:.2f} | {r['closure'][kind]} | "
+                     f"{'yes' if i['torch'] else 'no'} | {'yes' if i['mlflow'] else 'no'} | {heavy} |")
+    if r.get("full"):
+        f = r["full"]
+        lines += ["", f"Whole suite, `dvc repro report_mini`: {f['stages']} stages, wall {f['wall']:.0f} s, CPU "
+                  f"{f['cpu']:.0f} s; DVC's own time per stage: wall {f['dvc_wall_per_stage']:.2f} s, CPU "
+                  f"{f['dvc_cpu_per_stage']:.2f} s. CPU per stage process:", "", *kind_table(f["records"], "cpu")]
+    return lines + [""]
+
+
 def summarize(res: dict) -> str:
     meta = res["meta"]
     lines = ["# Pipeline benchmark: where a stage's time goes", "",
              f"Machine: {meta['machine']}, {meta['cpus']} logical CPUs, Python {meta['python']}.", "",
              "Configuration: the tiny `mini` suite of `tests/test_pipeline_e2e.py` in a scratch clone of each "
-             "revision (`tools/bench_pipeline.py`). Seconds; medians over the stages of a kind.",
+             "revision, one torch thread (`tools/bench_pipeline.py`). Seconds; medians where a kind has several "
+             "stages.",
              "Phases: start = interpreter start-up; imports = module imports up to the stage front; config = "
-             "argument parsing + params validation; data = loading the prepared arrays; model_load; work = training "
-             "steps / scoring / preparing a dataset / building the report; eval_in_training = per-epoch ID accuracy; "
-             "mlflow_setup = MLflow client and store opened (importing mlflow and SQLAlchemy included); tracking = "
-             "other MLflow calls and the git state; checkpoint / writing = output files; other = the rest of the "
-             "process (logging, seeding, building the model, exit); subprocesses = CPU of child processes (git).", ""]
+             "argument parsing + params validation; setup = device, determinism, model built; data = loading the "
+             "prepared arrays and building the batch sources; model_load; resume_check = content hashes of the "
+             "inputs and the code, checkpoint decision; work = training steps / scoring / preparing a dataset; "
+             "eval_in_training = per-epoch ID accuracy; mlflow_setup = MLflow client and store opened (importing "
+             "mlflow and SQLAlchemy included); tracking = other MLflow calls and the git state; checkpoint / writing "
+             "= output files (figures included); other = the rest of the process; subprocesses = CPU of child "
+             "processes (git).", ""]
+    if len(meta["revs"]) > 1:
+        lines += comparison(res)
     for rev in meta["revs"]:
-        r = res["revs"][rev]
-        f = r["full"]
-        lines += [f"## {rev} ({r['sha'][:10]})", "",
-                  f"Measured {r['date']}; load average (1/5/15 min) at start {r['load'][0]}, at end {r['load'][1]}. "
-                  f"{r['note']}".rstrip(), "",
-                  f"`dvc repro report_mini`: {f['stages']} stages, wall {f['wall']:.0f} s, CPU {f['cpu']:.0f} s; "
-                  f"DVC's own time per stage (repro minus the stage processes): wall {f['dvc_wall_per_stage']:.2f} s, "
-                  f"CPU {f['dvc_cpu_per_stage']:.2f} s. dvc.yaml {f['yaml_lines']} lines, dvc.lock after the run "
-                  f"{f['lock_lines']} lines.", "",
-                  "CPU time per stage process:", "", *kind_table(f["records"], "cpu"), "",
-                  "Wall time per stage process:", "", *kind_table(f["records"], "phases"), "",
-                  "DVC per stage kind (`dvc repro --single-item`): up to date = DVC alone; forced: DVC's part = the "
-                  "probe minus the stage process.", "",
-                  "| stage kind | probe stage | up to date CPU | up to date wall | forced CPU | process CPU | DVC CPU "
-                  "| forced wall | DVC wall |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for kind in KINDS:
-            p = r["dvc"][kind]
-            lines.append(f"| {kind} | `{p['stage']}` | {p['uptodate_cpu']:.2f} | {p['uptodate_wall']:.2f} | "
-                         f"{p['forced_cpu']:.2f} | {p['process_cpu']:.2f} | {p['dvc_cpu']:.2f} | "
-                         f"{p['forced_wall']:.2f} | {p['dvc_wall']:.2f} |")
-        st, lk = r["dvc"]["status_report_mini"], r["dvc"]["lock_update"]
-        lines += ["", f"`dvc status report_mini`: CPU {st['cpu']:.2f} s, wall {st['wall']:.2f} s. One dvc.lock "
-                  f"update as DVC does it after each stage (round-trip parse + dump): CPU {lk['cpu']:.2f} s, wall "
-                  f"{lk['wall']:.2f} s.", "",
-                  "Imports (`python -X importtime stages/<x>.py --help`): CPU of the whole process, code closure "
-                  "(files), and the cumulative import wall time of the heaviest packages.", "",
-                  "| stage kind | CPU | wall | closure files | torch | mlflow | heaviest imports (s) |",
-                  "|---|---:|---:|---:|---|---|---|"]
-        for kind in KINDS:
-            i = r["imports"][kind]
-            heavy = ", ".join(f"{k} {v:.2f}" for k, v in list(i["packages"].items())[:6])
-            lines.append(f"| {kind} | {i['cpu']:.2f} | {i['wall']:.2f} | {r['closure'][kind]} | "
-                         f"{'yes' if i['torch'] else 'no'} | {'yes' if i['mlflow'] else 'no'} | {heavy} |")
-        lines.append("")
+        lines += rev_section(rev, res["revs"][rev])
     return "\n".join(lines) + "\n"
 
 
@@ -272,6 +342,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rev", action="append", help="git revision to measure (repeatable; default HEAD)")
     ap.add_argument("--out", default="reports/bench")
+    ap.add_argument("--artifacts", type=Path, help="a folder holding the tiny suite's " + ", ".join(ARTIFACTS) +
+                    " (else a first `dvc repro " + UPSTREAM + "` makes them)")
+    ap.add_argument("--full", action="store_true", help="also run the whole suite (`dvc repro report_mini`) per rev")
     ap.add_argument("--merge", action="store_true",
                     help="keep the revisions already in <out>/pipeline.json (measured earlier) and add these")
     ap.add_argument("--note", default="", help="a sentence on the machine's state (e.g. another job running)")
@@ -286,24 +359,44 @@ def main(argv: list[str] | None = None) -> None:
         res = json.loads((out / "pipeline.json").read_text())
     base = Path(tempfile.mkdtemp(prefix="greg-bench-pipeline-"))
     try:
-        for rev in revs:
-            load0, date = os.getloadavg(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            sha, clone = make_clone(rev, base)
-            log = base / f"{sha[:10]}.jsonl"
-            full = full_run(clone, log)
-            print(f"{rev:>12}: dvc repro report_mini {full['stages']} stages, wall {full['wall']:.0f} s, "
-                  f"CPU {full['cpu']:.0f} s", flush=True)
-            res["revs"][rev] = {"sha": sha, "date": date, "note": args.note,
-                                "load": [" ".join(f"{x:.2f}" for x in la) for la in (load0, os.getloadavg())],
-                                "full": full, "dvc": dvc_probes(clone, log), "imports": import_profile(clone),
-                                "closure": closure_sizes(clone)}
+        clones = {rev: make_clone(rev, base) for rev in revs}
+        artifacts = args.artifacts
+        if artifacts is None:
+            first = clones[revs[0]][1]
+            timed(["dvc", "repro", UPSTREAM], first, clone_env(first, base / "upstream.jsonl"))
+            artifacts = first
+        cur = {}
+        for rev, (sha, clone) in clones.items():
+            if clone != artifacts:
+                link_artifacts(artifacts, clone)
+            lock = subprocess.run(["git", "show", f"{sha}:dvc.lock"], cwd=ROOT, capture_output=True, text=True).stdout
+            cur[rev] = {"sha": sha, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "note": args.note,
+                        "load": [" ".join(f"{x:.2f}" for x in os.getloadavg())], "probes": [],
+                        "whole": dvc_whole(clone, lock), "imports": import_profile(clone),
+                        "closure": closure_sizes(clone)}
+        for kind, stage in PROBES:
+            for rev, (sha, clone) in clones.items():
+                p = probe_stage(clone, base / f"{sha[:10]}.jsonl", kind, stage)
+                cur[rev]["probes"].append(p)
+                print(f"{rev:>12} {stage:<36} CPU {p['forced_cpu']:6.1f} s (process {p['process_cpu']:5.1f}, DVC "
+                      f"{p['dvc_cpu']:4.1f}; up to date {p['uptodate_cpu']:4.1f}), wall {p['forced_wall']:6.1f} s",
+                      flush=True)
+        for rev, (sha, clone) in clones.items():
+            if args.full:
+                for rel in ARTIFACTS + ["dvc.lock", "mlflow.db", "mlruns"]:
+                    shutil.rmtree(clone / rel, ignore_errors=True) if (clone / rel).is_dir() else \
+                        (clone / rel).unlink(missing_ok=True)
+                timed(["git", "checkout", "-q", "dvc.lock"], clone, clone_env(clone, base / "unused.jsonl"))
+                cur[rev]["full"] = full_run(clone, base / f"{sha[:10]}-full.jsonl")
+            cur[rev]["load"].append(" ".join(f"{x:.2f}" for x in os.getloadavg()))
+            res["revs"][rev] = cur[rev]
             res["meta"]["revs"] = [r for r in res["meta"]["revs"] if r != rev] + [rev]
-            (out / "pipeline.json").write_text(json.dumps(res, indent=1) + "\n")
     finally:
         if args.keep:
             print(f"scratch clones kept in {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)
+    (out / "pipeline.json").write_text(json.dumps(res, indent=1) + "\n")
     (out / "pipeline.md").write_text(summarize(res))
     print(f"wrote {out / 'pipeline.md'}")
 

@@ -25,13 +25,23 @@ import time
 OUT = os.environ.get("GREG_OOD_BENCH_OUT")
 
 # (module, qualified name, phase). id_accuracy called inside a "work" call (training) is "eval_in_training", else
-# "work" (the evaluate stage). "mlflow_setup" is the MLflow client with its store opened (the import of mlflow and
+# "work" (the evaluate stage); a "work" call inside "eval_in_training" counts there. "setup" is the device,
+# determinism settings and the model built; "resume_check" the content hashes of inputs and code and the checkpoint
+# decision. "mlflow_setup" is the MLflow client with its store opened (the import of mlflow and
 # SQLAlchemy included); "tracking" is every other MLflow call (run creation, params, metrics, artifacts, git state).
 TARGETS = [
     ("greg_ood.pipeline", "stage_cli", "config"),
     ("greg_ood.pipeline", "load_config", "config"),
     ("greg_ood.pipeline", "suite_data", "data"),
     ("greg_ood.pipeline", "load_model", "model_load"),
+    ("greg_ood.pipeline", "id_source", "data"),
+    ("greg_ood.pipeline", "aux_source", "data"),
+    ("greg_ood.pipeline", "init_runtime", "setup"),
+    ("greg_ood.pipeline", "build_model", "setup"),
+    ("greg_ood.pipeline", "input_hashes", "resume_check"),
+    ("greg_ood.resume", "fingerprint", "resume_check"),
+    ("greg_ood.resume", "plan", "resume_check"),
+    ("greg_ood.resume", "choose_run", "resume_check"),
     ("greg_ood.stagecli", "stage_cli", "config"),
     ("greg_ood.stagecli", "load_config", "config"),
     ("greg_ood.data", "prepare", "work"),
@@ -105,6 +115,8 @@ class _Clock:
             ph = phase
             if ph == "eval_in_training" and not any(f[0] == "work" for f in clock.stack):
                 ph = "work"
+            elif ph == "work" and any(f[0] == "eval_in_training" for f in clock.stack):
+                ph = "eval_in_training"  # the forward passes of the per-epoch evaluation
             frame = clock.push(ph)
             try:
                 result = fn(*args, **kwargs)
