@@ -71,6 +71,9 @@ TARGETS = [
     ("greg_ood.report.fig_certify", "plot_certify", "writing"),
 ]
 
+#: targets that return a context manager: its enter and exit are timed too
+CONTEXT_MANAGERS = {"stage_run", "atomic_open"}
+
 
 def _process_start() -> tuple[float | None, float]:
     """Wall-clock time at which this process was created and the CPU time it has used so far (Linux /proc; None and
@@ -122,7 +125,7 @@ class _Clock:
                 result = fn(*args, **kwargs)
             finally:
                 clock._pop(frame)
-            if hasattr(result, "__enter__") and hasattr(result, "__exit__"):
+            if fn.__name__ in CONTEXT_MANAGERS:
                 return _TimedCM(result, clock, ph)
             return result
 
