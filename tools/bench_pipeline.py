@@ -300,7 +300,7 @@ def rev_section(rev: str, r: dict) -> list[str]:
     lines = [f"## {rev} ({r['sha'][:10]})", "",
              f"Measured {r['date']}; load average (1/5/15 min) at start {r['load'][0]}, at end {r['load'][1]}. "
              f"{r['note']}".rstrip(), "",
-             "CPU seconds per stage process (`dvc repro --single-item --force`, one stage per kind, two for train):",
+             "CPU seconds per stage process (`dvc repro --single-item --force`, one stage per kind):",
              "", *kind_table(probe_records(r), "cpu"), "",
              "Wall seconds per stage process:", "", *kind_table(probe_records(r), "phases"), "",
              "DVC per stage: forced = `dvc repro --single-item --force` (DVC = forced minus the stage process); up "
