@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from urllib.parse import urlparse
 
-from greg_ood import data, pipeline, tracking
+from greg_ood import data, stagecli, tracking
 from greg_ood.runguard import StageError
 from greg_ood.runinfo import RunInfo
 
@@ -14,13 +14,13 @@ def main() -> None:
     ap.add_argument("dataset", help="dataset name (a key of `datasets` in params.yaml)")
     ap.add_argument("-v", "--verbose", action="store_true", help="show the traceback with an error")
     args = ap.parse_args()
-    pipeline.setup_logging()
-    cfg = pipeline.load_config()
+    stagecli.setup_logging()
+    cfg = stagecli.load_config()
     if args.dataset not in data.DATASETS:
         raise StageError(f"unknown dataset {args.dataset!r}; known: {sorted(data.DATASETS)}")
     opts = cfg.dataset_options(args.dataset)
     info = RunInfo("download", dataset=args.dataset)
-    ddir = pipeline.paths(cfg).data
+    ddir = stagecli.paths(cfg).data
     reused = (ddir / "prepared" / args.dataset / "manifest.json").is_file()
     with tracking.stage_run(info, params={"options": opts},
                             experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:
@@ -60,4 +60,4 @@ def _check_hint(cfg, dataset: str) -> str:
 
 
 if __name__ == "__main__":
-    pipeline.run_stage(main)
+    stagecli.run_stage(main)

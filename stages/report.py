@@ -4,15 +4,15 @@ noise finding and figures under reports/<suite>/, and one summary metrics file p
 metrics/<suite>/summary/."""
 from __future__ import annotations
 
-from greg_ood import pipeline, tracking
+from greg_ood import stagecli, tracking
 from greg_ood.report.noise import noise_inputs
 from greg_ood.report.suite import build_suite_report
 from greg_ood.runinfo import RunInfo
 
 
 def main() -> None:
-    args, cfg = pipeline.stage_cli(__doc__)
-    P = pipeline.paths(cfg)
+    args, cfg = stagecli.stage_cli(__doc__)
+    P = stagecli.paths(cfg)
     exps = cfg.experiments(args.suite)
     metrics_files = [P.results(args.suite, e.name) for e in exps]
     missing = [str(p) for p in metrics_files if not p.exists()]
@@ -37,4 +37,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    pipeline.run_stage(main)
+    stagecli.run_stage(main)

@@ -19,7 +19,8 @@ from torch import nn
 from greg_ood import models, registry
 from greg_ood.config import LossCfg, OptimizerCfg, PoemCfg, SamplingCfg, ScheduleCfg, TrainCfg
 from greg_ood.distributed import distributed_context
-from greg_ood.trainer import Hooks, Job, Sources, Trainer, derive_seed, set_determinism
+from greg_ood.runtime import set_determinism
+from greg_ood.trainer import Hooks, Job, Sources, Trainer, derive_seed
 
 K = 4          # classes
 B = 8          # global ID batch

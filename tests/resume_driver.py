@@ -32,7 +32,7 @@ def main() -> None:
     os.chdir(wd)
     from greg_ood import config as C
     from greg_ood import data as D
-    from greg_ood import models, trainer
+    from greg_ood import models, runtime
     from greg_ood import methods as M
     from greg_ood.runinfo import RunInfo
     from greg_ood.runlog import RunRecord, run_training
@@ -58,7 +58,7 @@ def main() -> None:
         "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "checkpoint_every": 3, "gradnorm_every": 4})
     if args.lr is not None:
         tcfg = tcfg.model_copy(update={"optimizer": tcfg.optimizer.model_copy(update={"lr": args.lr})})
-    trainer.set_determinism(0, True, 1)
+    runtime.set_determinism(0, True, 1)
     rng = np.random.RandomState(0)
     x_id = rng.randint(0, 256, size=(512, 28, 28, 1)).astype(np.uint8)
     y_id = rng.randint(0, 6, size=512).astype(np.int64)

@@ -1,14 +1,12 @@
-"""Wiring shared by the stage scripts: params -> device, data splits, sources, models. No math here."""
+"""Wiring shared by the stage scripts that compute with a model: params -> device, data splits, sources, models. No
+math here. The stage front (arguments, params validation, error handling, paths) is :mod:`greg_ood.stagecli`,
+re-exported here for these stages; a stage without a model (download, report) imports that module alone, so its code
+deps (:mod:`greg_ood.codedeps`) stay free of this wiring."""
 from __future__ import annotations
 
-import argparse
-import errno
-import logging
-import sys
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -17,59 +15,18 @@ from . import config as C
 from . import data as D
 from . import models, registry, runguard, tracking
 from .io import sha256_of
-from .paths import Paths
-from .trainer import load_verified, load_weights, resolve_device, set_determinism
+from .runtime import load_verified, load_weights, resolve_device, set_determinism
+from .stagecli import load_config, paths, run_stage, setup_logging, stage_cli
 
-log = logging.getLogger("greg_ood")
-
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-
-
-def stage_cli(description: Optional[str], *, arch: bool = False, experiment: bool = False,
-              argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, C.Config]:
-    """The common front of every stage script: parse ``--suite`` (plus ``--arch``; plus ``--method``, ``--seed`` and
-    ``--lambda-grad`` for one experiment), set up logging and validate ``params.yaml`` (exit 2 naming the bad key)."""
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--suite", required=True)
-    ap.add_argument("-v", "--verbose", action="store_true", help="show the traceback with an error")
-    if experiment:
-        ap.add_argument("--method", required=True, choices=registry.trained())
-    if arch or experiment:
-        ap.add_argument("--arch", required=True)
-    if experiment:
-        ap.add_argument("--seed", required=True, type=int)
-        ap.add_argument("--lambda-grad", type=float, default=None,
-                        help="a point of the suite's lambda_grad ablation (overrides loss.lambda_grad)")
-    args = ap.parse_args(argv)
-    setup_logging()
-    cfg = load_config()
-    try:
-        cfg.suite(args.suite)
-    except C.ConfigError as e:
-        print(f"error: --suite: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return args, cfg
-
-
-def load_config(path: str = "params.yaml") -> C.Config:
-    """Validate params.yaml; on error print the message (naming the key) and exit 2 before any compute."""
-    try:
-        return C.load(path)
-    except C.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+__all__ = ["SuiteData", "aux_source", "build_model", "candidate_batch_size", "id_source", "init_runtime",
+           "input_hashes", "load_config", "load_model", "paths", "run_stage", "setup_logging", "stage_cli",
+           "suite_data"]
 
 
 def init_runtime(cfg: C.Config, seed: int) -> torch.device:
     p = cfg.params.project
     set_determinism(seed, p.deterministic, p.num_threads)
     return resolve_device(p.device)
-
-
-def paths(cfg: C.Config) -> Paths:
-    return Paths(".", cfg.params.project.data_dir)
 
 
 @dataclass
@@ -161,34 +118,3 @@ def input_hashes(cfg: C.Config, datasets: list[str], files: list[Path] = ()) -> 
     for f in files:
         out[f"file:{Path(f).as_posix()}"] = sha256_of(f) if Path(f).is_file() else "absent"
     return out
-
-
-def run_stage(main: Callable[[], None], argv: Optional[list[str]] = None) -> None:
-    """Run a stage's ``main``: a problem the user can fix ends it with one sentence on stderr and exit status 2 (the
-    traceback too with ``-v``); SIGTERM/SIGINT end it with ``128 + signum`` after its run was marked KILLED."""
-    argv = sys.argv[1:] if argv is None else argv
-    verbose = "-v" in argv or "--verbose" in argv
-    runguard.install_signal_handlers()
-    runguard.die_with_parent()
-    try:
-        main()
-    except runguard.StageKilled as e:
-        print(f"error: {e}; the last checkpoint is kept, re-run to continue", file=sys.stderr)
-        raise SystemExit(128 + e.signum) from None
-    except (runguard.StageError, tracking.TrackingError, D.PreparedDataError, C.ConfigError, OSError) as e:
-        if isinstance(e, OSError) and e.errno not in _UNWRITABLE:
-            raise
-        if verbose:
-            traceback.print_exc()
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
-
-
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.errno in _UNWRITABLE:
-        return (f"{e.filename or 'a file'}: cannot write there ({e.strerror}); make that folder writable, or point "
-                "project.data_dir (params.yaml) at a writable folder for the data")
-    return str(e)

@@ -3,10 +3,12 @@
 
 It wraps a fixed list of library functions (``TARGETS`` below, by module and qualified name) as their modules are
 imported, and at exit appends one record to the file: the stage's command line and, per phase, the *exclusive* wall
-time in seconds (time inside a nested timed call is charged to the inner phase only). Two phases are timed from
-outside any function: ``start`` (process creation, read from /proc, to this file's import: the interpreter's own
-start-up) and ``imports`` (from here to the first call of the stage front ``pipeline.stage_cli``). Whatever no
-target covers is ``other``.
+time and CPU time (user + system, all threads of the process) in seconds (time inside a nested timed call is
+charged to the inner phase only). Two phases are timed from outside any function: ``start`` (process creation, read
+from /proc, to this file's import: the interpreter's own start-up) and ``imports`` (from here to the first call of
+the stage front ``stage_cli`` / ``load_config``). Whatever no target covers is ``other``; the CPU time of child
+processes the stage waited for (git, torchrun) is ``subprocesses``. A target missing from a revision is skipped, so
+one list serves the revisions compared.
 """
 from __future__ import annotations
 
@@ -16,58 +18,95 @@ import importlib.abc
 import importlib.machinery
 import json
 import os
+import resource
 import sys
 import time
 
 OUT = os.environ.get("GREG_OOD_BENCH_OUT")
 
 # (module, qualified name, phase). id_accuracy called inside a "work" call (training) is "eval_in_training", else
-# "work" (the evaluate stage).
+# "work" (the evaluate stage); a "work" call inside "eval_in_training" counts there. "setup" is the device,
+# determinism settings and the model built; "resume_check" the content hashes of inputs and code and the checkpoint
+# decision. "mlflow_setup" is the MLflow client with its store opened (the import of mlflow and
+# SQLAlchemy included); "tracking" is every other MLflow call (run creation, params, metrics, artifacts, git state).
 TARGETS = [
     ("greg_ood.pipeline", "stage_cli", "config"),
+    ("greg_ood.pipeline", "load_config", "config"),
     ("greg_ood.pipeline", "suite_data", "data"),
     ("greg_ood.pipeline", "load_model", "model_load"),
+    ("greg_ood.pipeline", "id_source", "data"),
+    ("greg_ood.pipeline", "aux_source", "data"),
+    ("greg_ood.pipeline", "init_runtime", "setup"),
+    ("greg_ood.pipeline", "build_model", "setup"),
+    ("greg_ood.pipeline", "input_hashes", "resume_check"),
+    ("greg_ood.resume", "fingerprint", "resume_check"),
+    ("greg_ood.resume", "plan", "resume_check"),
+    ("greg_ood.resume", "choose_run", "resume_check"),
+    ("greg_ood.stagecli", "stage_cli", "config"),
+    ("greg_ood.stagecli", "load_config", "config"),
+    ("greg_ood.data", "prepare", "work"),
+    ("greg_ood.report.suite", "build_suite_report", "work"),
     ("greg_ood.tracking", "_retry", "tracking"),
-    ("greg_ood.tracking", "make_client", "tracking"),
+    ("greg_ood.tracking", "make_client", "mlflow_setup"),
     ("greg_ood.tracking", "stage_run", "tracking"),
     ("greg_ood.tracking", "StageRun.log_metrics", "tracking"),
     ("greg_ood.tracking", "git_info", "tracking"),
     ("greg_ood.trainer", "Trainer.fit", "work"),
     ("greg_ood.trainer", "save_atomic", "checkpoint"),
+    ("greg_ood.runtime", "save_atomic", "checkpoint"),
     ("greg_ood.evaluation", "id_accuracy", "eval_in_training"),
     ("greg_ood.evaluation", "evaluate", "work"),
     ("greg_ood.evaluation", "forward_all", "work"),
     ("greg_ood.sampling", "energy_cluster_select", "work"),
-    ("greg_ood.certify", "gradient_norms", "work"),
-    ("greg_ood.certify", "certified_radii", "work"),
+    ("greg_ood.sampling", "cluster_features", "work"),
+    ("greg_ood.certify", "energy_grad_norms", "work"),
+    ("greg_ood.gradnorm", "energy_grad_norms", "work"),
+    ("greg_ood.certify", "certified_radius", "work"),
     ("greg_ood.io", "write_json_atomic", "writing"),
+    ("greg_ood.io", "write_npz_atomic", "writing"),
     ("greg_ood.io", "write_bytes_atomic", "writing"),
     ("greg_ood.io", "atomic_open", "writing"),
+    ("greg_ood.runlog", "write_curve", "writing"),
+    ("greg_ood.report.fig_selection", "plot_selection", "writing"),
+    ("greg_ood.report.fig_certify", "plot_certify", "writing"),
 ]
 
+#: targets that return a context manager: its enter and exit are timed too
+CONTEXT_MANAGERS = {"stage_run", "atomic_open"}
 
-def _process_start_epoch() -> float | None:
-    """Wall-clock time at which this process was created (Linux /proc), or None elsewhere."""
+
+def _process_start() -> tuple[float | None, float]:
+    """Wall-clock time at which this process was created and the CPU time it has used so far (Linux /proc; None and
+    0.0 elsewhere)."""
     try:
         with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+            fields = f.read().rsplit(")", 1)[1].split()
         with open("/proc/stat") as f:
             btime = next(int(line.split()[1]) for line in f if line.startswith("btime"))
-        return btime + start_ticks / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return btime + int(fields[19]) / tick, (int(fields[11]) + int(fields[12])) / tick
     except (OSError, ValueError, StopIteration, IndexError):
-        return None
+        return None, 0.0
 
 
 class _Clock:
     def __init__(self) -> None:
         self.t0 = time.time()
-        self.proc_start = _process_start_epoch()
+        self.cpu0 = time.process_time()
+        self.proc_start, self.start_cpu = _process_start()
         self.phases: dict[str, float] = {}
-        self.stack: list[list] = []          # [phase, start, child_time]
-        self.first_stage_call: float | None = None
+        self.cpu: dict[str, float] = {}
+        self.stack: list[list] = []          # [phase, wall start, child wall, cpu start, child cpu]
+        self.first_stage_call: tuple[float, float] | None = None
 
-    def add(self, phase: str, dt: float) -> None:
+    def add(self, phase: str, dt: float, dcpu: float) -> None:
         self.phases[phase] = self.phases.get(phase, 0.0) + dt
+        self.cpu[phase] = self.cpu.get(phase, 0.0) + dcpu
+
+    def push(self, phase: str) -> list:
+        frame = [phase, time.perf_counter(), 0.0, time.process_time(), 0.0]
+        self.stack.append(frame)
+        return frame
 
     def wrap(self, fn, phase: str):
         clock = self
@@ -75,17 +114,18 @@ class _Clock:
         @functools.wraps(fn)
         def timed(*args, **kwargs):
             if clock.first_stage_call is None and phase == "config":
-                clock.first_stage_call = time.time()
+                clock.first_stage_call = (time.time(), time.process_time())
             ph = phase
             if ph == "eval_in_training" and not any(f[0] == "work" for f in clock.stack):
                 ph = "work"
-            frame = [ph, time.perf_counter(), 0.0]
-            clock.stack.append(frame)
+            elif ph == "work" and any(f[0] == "eval_in_training" for f in clock.stack):
+                ph = "eval_in_training"  # the forward passes of the per-epoch evaluation
+            frame = clock.push(ph)
             try:
                 result = fn(*args, **kwargs)
             finally:
                 clock._pop(frame)
-            if hasattr(result, "__enter__") and hasattr(result, "__exit__"):
+            if fn.__name__ in CONTEXT_MANAGERS:
                 return _TimedCM(result, clock, ph)
             return result
 
@@ -94,21 +134,30 @@ class _Clock:
     def _pop(self, frame) -> None:
         self.stack.remove(frame)
         total = time.perf_counter() - frame[1]
-        self.add(frame[0], total - frame[2])
+        total_cpu = time.process_time() - frame[3]
+        self.add(frame[0], total - frame[2], total_cpu - frame[4])
         if self.stack:
             self.stack[-1][2] += total
+            self.stack[-1][4] += total_cpu
 
     def record(self) -> dict:
-        end = time.time()
-        phases = dict(self.phases)
+        end, end_cpu = time.time(), time.process_time()
+        phases, cpu = dict(self.phases), dict(self.cpu)
         if self.proc_start is not None:
             phases["start"] = max(0.0, self.t0 - self.proc_start)
-        first = self.first_stage_call or end
+            cpu["start"] = self.start_cpu
+        first, first_cpu = self.first_stage_call or (end, end_cpu)
         phases["imports"] = phases.get("imports", 0.0) + (first - self.t0)
+        cpu["imports"] = cpu.get("imports", 0.0) + (first_cpu - self.cpu0)
         begin = self.proc_start if self.proc_start is not None else self.t0
         total = end - begin
+        total_cpu = cpu.get("start", 0.0) + (end_cpu - self.cpu0)
         phases["other"] = max(0.0, total - sum(v for k, v in phases.items() if k != "other"))
-        return {"argv": sys.argv, "total": total, "phases": phases}
+        cpu["other"] = max(0.0, total_cpu - sum(v for k, v in cpu.items() if k != "other"))
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu["subprocesses"] = children.ru_utime + children.ru_stime
+        return {"argv": sys.argv, "total": total, "cpu_total": total_cpu + cpu["subprocesses"], "phases": phases,
+                "cpu": cpu}
 
 
 class _TimedCM:
@@ -118,16 +167,14 @@ class _TimedCM:
         self._cm, self._clock, self._phase = cm, clock, phase
 
     def __enter__(self):
-        frame = [self._phase, time.perf_counter(), 0.0]
-        self._clock.stack.append(frame)
+        frame = self._clock.push(self._phase)
         try:
             return self._cm.__enter__()
         finally:
             self._clock._pop(frame)
 
     def __exit__(self, *exc):
-        frame = [self._phase, time.perf_counter(), 0.0]
-        self._clock.stack.append(frame)
+        frame = self._clock.push(self._phase)
         try:
             return self._cm.__exit__(*exc)
         finally:

@@ -1,0 +1,90 @@
+"""The front of every stage script: command-line arguments, logging, ``params.yaml`` validated before any compute,
+the repository's paths, and the end of a stage on a problem the user can fix (one sentence, exit status 2). Light on
+purpose: a stage that needs no model (download, report) imports this and not :mod:`greg_ood.pipeline`."""
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import sys
+import traceback
+from typing import Callable, Optional
+
+from . import config as C
+from . import data as D
+from . import registry, runguard, tracking
+from .paths import Paths
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+def stage_cli(description: Optional[str], *, arch: bool = False, experiment: bool = False,
+              argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, C.Config]:
+    """The common front of every stage script: parse ``--suite`` (plus ``--arch``; plus ``--method``, ``--seed`` and
+    ``--lambda-grad`` for one experiment), set up logging and validate ``params.yaml`` (exit 2 naming the bad key)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--suite", required=True)
+    ap.add_argument("-v", "--verbose", action="store_true", help="show the traceback with an error")
+    if experiment:
+        ap.add_argument("--method", required=True, choices=registry.trained())
+    if arch or experiment:
+        ap.add_argument("--arch", required=True)
+    if experiment:
+        ap.add_argument("--seed", required=True, type=int)
+        ap.add_argument("--lambda-grad", type=float, default=None,
+                        help="a point of the suite's lambda_grad ablation (overrides loss.lambda_grad)")
+    args = ap.parse_args(argv)
+    setup_logging()
+    cfg = load_config()
+    try:
+        cfg.suite(args.suite)
+    except C.ConfigError as e:
+        print(f"error: --suite: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return args, cfg
+
+
+def load_config(path: str = "params.yaml") -> C.Config:
+    """Validate params.yaml; on error print the message (naming the key) and exit 2 before any compute."""
+    try:
+        return C.load(path)
+    except C.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def paths(cfg: C.Config) -> Paths:
+    return Paths(".", cfg.params.project.data_dir)
+
+
+def run_stage(main: Callable[[], None], argv: Optional[list[str]] = None) -> None:
+    """Run a stage's ``main``: a problem the user can fix ends it with one sentence on stderr and exit status 2 (the
+    traceback too with ``-v``); SIGTERM/SIGINT end it with ``128 + signum`` after its run was marked KILLED."""
+    argv = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in argv or "--verbose" in argv
+    runguard.install_signal_handlers()
+    runguard.die_with_parent()
+    try:
+        main()
+    except runguard.StageKilled as e:
+        print(f"error: {e}; the last checkpoint is kept, re-run to continue", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
+    except (runguard.StageError, tracking.TrackingError, D.PreparedDataError, C.ConfigError, OSError) as e:
+        if isinstance(e, OSError) and e.errno not in _UNWRITABLE:
+            raise
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.errno in _UNWRITABLE:
+        return (f"{e.filename or 'a file'}: cannot write there ({e.strerror}); make that folder writable, or point "
+                "project.data_dir (params.yaml) at a writable folder for the data")
+    return str(e)
