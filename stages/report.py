@@ -7,14 +7,15 @@ from __future__ import annotations
 from greg_ood import stagecli, tracking
 from greg_ood.report.noise import noise_inputs
 from greg_ood.report.suite import build_suite_report
-from greg_ood.runinfo import RunInfo
+from greg_ood.runinfo import RunInfo, pretrained_experiment
 
 
 def main() -> None:
     args, cfg = stagecli.stage_cli(__doc__)
     P = stagecli.paths(cfg)
     exps = cfg.experiments(args.suite)
-    metrics_files = [P.results(args.suite, e.name) for e in exps]
+    baselines = [pretrained_experiment(args.suite, a) for a in cfg.suite(args.suite).archs]
+    metrics_files = [P.results(args.suite, n) for n in baselines + [e.name for e in exps]]
     missing = [str(p) for p in metrics_files if not p.exists()]
     if missing:
         raise SystemExit(f"error: results missing for {len(missing)} experiments, e.g. {missing[:3]}; run "

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from greg_ood import config as C
-from greg_ood.runinfo import RunInfo, eval_metrics, train_metric
+from greg_ood.runinfo import PRETRAINED, RunInfo, eval_metrics, train_metric
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,13 +43,15 @@ def test_every_stage_name_is_a_real_dvc_stage():
     exps = cfg.experiments("mini")
     infos = [RunInfo("download", dataset=s.data.id.dataset), RunInfo("pretrain", suite="mini", arch=s.archs[0]),
              RunInfo("select", suite="mini", arch=s.archs[0]), RunInfo("certify", suite="mini"),
-             RunInfo("report", suite="mini")]
+             RunInfo("report", suite="mini"), RunInfo("evaluate", suite="mini", method=PRETRAINED, arch=s.archs[0],
+                                                       seed=0, group="main")]
     infos += [RunInfo.of_experiment(st, e) for e in exps for st in ("train", "evaluate")]
     assert any(e.group == "ablation" for e in exps)
     missing = [i.dvc_stage for i in infos if i.dvc_stage not in real]
     assert not missing, missing
     assert RunInfo("train", suite="mini", method="greg", arch="small_cnn", seed=0).dvc_stage == \
         "train_mini@greg-small_cnn-0"
+    assert infos[-1 - 2 * len(exps)].dvc_stage == "evaluate_mini_pretrained@small_cnn"
 
 
 def test_run_names_lead_with_method_and_seed():

@@ -36,7 +36,8 @@ HEADER = """\
 # src/greg_ood/resources/dvc_suite_template.yaml or params.yaml, then regenerate.
 #
 # Stage groups per suite S:  pretrain_S@<arch> -> select_S@<arch> -> train_S@<method>-<arch>-<seed>
-#   -> evaluate_S@... ; train_S_ablation@<lambda>-<seed> -> evaluate_S_ablation@... ; certify_S ; report_S
+#   -> evaluate_S@... ; evaluate_S_pretrained@<arch> (the pretrained model, no fine-tuning: the tables' baseline row) ;
+#   train_S_ablation@<lambda>-<seed> -> evaluate_S_ablation@... ; certify_S ; report_S
 # Code deps are each stage script's import closure in src/greg_ood; data deps are the datasets the stage loads.
 # `dvc repro report_mini` rebuilds the offline suite; `dvc repro` rebuilds everything declared.
 stages:

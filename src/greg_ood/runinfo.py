@@ -11,6 +11,14 @@ from typing import Any, Optional
 
 #: stages whose DVC name carries no matrix item
 _PER_SUITE = ("certify", "report")
+#: the method name of the pretrained model scored without fine-tuning (evaluate_<S>_pretrained@<arch>): the tables'
+#: baseline row
+PRETRAINED = "pretrained"
+
+
+def pretrained_experiment(suite: str, arch: str) -> str:
+    """The experiment name (file stem) of the pretrained model's evaluation: ``<suite>-pretrained-<arch>``."""
+    return f"{suite}-{PRETRAINED}-{arch}"
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,8 @@ class RunInfo:
             return base
         if self.stage in ("pretrain", "select"):
             return f"{base}@{self.arch}"
+        if self.method == PRETRAINED:
+            return f"{base}_{PRETRAINED}@{self.arch}"
         if self.group == "ablation":
             return f"{base}_ablation@{self.label}-{self.seed}"
         return f"{base}@{self.method}-{self.arch}-{self.seed}"
@@ -77,7 +87,9 @@ class RunInfo:
             "train": f"Trains {self.method} on {self.arch}, suite {self.suite}, seed {self.seed}, "
                      f"lambda_grad {self.lambda_grad}" + (" (a point of the lambda_grad ablation)."
                                                           if self.group == "ablation" else "."),
-            "evaluate": f"Evaluates {self.method} ({self.arch}, seed {self.seed}, lambda_grad {self.lambda_grad}) on "
+            "evaluate": f"Evaluates the pretrained {self.arch} without fine-tuning (the tables' baseline row) on "
+                        f"{self.suite}: ID accuracy and OOD detection on every set." if self.method == PRETRAINED else
+                        f"Evaluates {self.method} ({self.arch}, seed {self.seed}, lambda_grad {self.lambda_grad}) on "
                         f"{self.suite}: ID accuracy and OOD detection on every set.",
             "certify": f"Input-gradient norms and first-order certified radii, ID vs OOD ({self.suite}).",
             "report": f"Tables, claims and figures of the suite {self.suite}.",

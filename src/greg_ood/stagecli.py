@@ -21,21 +21,27 @@ def setup_logging() -> None:
 
 
 def stage_cli(description: Optional[str], *, arch: bool = False, experiment: bool = False,
-              argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, C.Config]:
+              pretrained: bool = False, argv: Optional[list[str]] = None) -> tuple[argparse.Namespace, C.Config]:
     """The common front of every stage script: parse ``--suite`` (plus ``--arch``; plus ``--method``, ``--seed`` and
-    ``--lambda-grad`` for one experiment), set up logging and validate ``params.yaml`` (exit 2 naming the bad key)."""
+    ``--lambda-grad`` for one experiment; with ``pretrained``, ``--pretrained`` may replace ``--method`` and
+    ``--seed``), set up logging and validate ``params.yaml`` (exit 2 naming the bad key)."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--suite", required=True)
     ap.add_argument("-v", "--verbose", action="store_true", help="show the traceback with an error")
     if experiment:
-        ap.add_argument("--method", required=True, choices=registry.trained())
+        who = ap.add_mutually_exclusive_group(required=True) if pretrained else ap
+        who.add_argument("--method", required=not pretrained, choices=registry.trained())
+        if pretrained:
+            who.add_argument("--pretrained", action="store_true", help="the pretrained model of --arch, not fine-tuned")
     if arch or experiment:
         ap.add_argument("--arch", required=True)
     if experiment:
-        ap.add_argument("--seed", required=True, type=int)
+        ap.add_argument("--seed", required=not pretrained, type=int, help="required with --method")
         ap.add_argument("--lambda-grad", type=float, default=None,
                         help="a point of the suite's lambda_grad ablation (overrides loss.lambda_grad)")
     args = ap.parse_args(argv)
+    if experiment and args.method and args.seed is None:
+        ap.error("--seed is required with --method")
     setup_logging()
     cfg = load_config()
     try:

@@ -7,6 +7,7 @@ report before anyone names it here.
 from __future__ import annotations
 
 from .. import registry
+from ..runinfo import PRETRAINED
 
 #: training methods in table order, their names, colours and "+ grad" pairs come from the method registry (the one
 #: place a method is declared); the constants below are the built-in table, the functions read the live registry
@@ -14,9 +15,9 @@ METHOD_ORDER = registry.ORDER
 METHOD_NAMES = {m: registry.display_name(m) for m in registry.ORDER}
 PRETRAINED_COLOR = "0.45"
 #: rows that are not fine-tuning methods and come first in the main tables (a results file whose ``method`` is
-#: ``pretrained`` — the pretrained model scored without fine-tuning — is shown as the baseline row)
-BASELINE_ORDER = ("pretrained",)
-BASELINE_NAMES = {"pretrained": "Pretrained (no fine-tuning)"}
+#: ``pretrained`` — the pretrained model scored without fine-tuning, stage evaluate_<S>_pretrained — is the baseline row)
+BASELINE_ORDER = (PRETRAINED,)
+BASELINE_NAMES = {PRETRAINED: "Pretrained (no fine-tuning)"}
 BENCHMARK_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet10": "ImageNet-10"}
 ARCH_ORDER = ("small_cnn", "resnet18", "wrn40_2", "densenet100", "densenet101", "densenet121")
 ARCH_NAMES = {"small_cnn": "Small CNN", "resnet18": "ResNet-18", "wrn40_2": "WRN-40-2",
