@@ -8,8 +8,9 @@ Methods, architectures, seeds and ablation values are read by DVC's own templati
 * ``- CODE stages/<script>.py``: the stage's code deps, the script's import closure inside ``src/greg_ood``
   (:func:`greg_ood.codedeps.closure_relative`) plus the package resource files those modules name, so a code change
   re-runs exactly the stages that run that code (:func:`code_deps`);
-* ``- DATA id aux ood protocol``: the prepared datasets the stage loads for that suite (``id``: the ID set, ``aux``:
-  the auxiliary pool, ``ood``: every OOD test set, ``protocol``: the sets of ``eval.protocols`` beyond the paper's),
+* ``- DATA id aux ood protocol noise``: the prepared datasets the stage loads for that suite (``id``: the ID set,
+  ``aux``: the auxiliary pool, ``ood``: every OOD test set, ``protocol``: the sets of ``eval.protocols`` beyond the
+  paper's, ``noise``: the synthetic-noise OOD sets and then the auxiliary pool, which the report's noise finding reads),
   each once, sorted; the auxiliary pool as ``${suites.<suite>.data.aux.dataset}``, so ``dvc exp run -S`` can swap
   it (:func:`data_dep_names`);
 * params: a listed key that params.yaml does not set is left out (DVC refuses a missing key; its value is then the
@@ -98,10 +99,11 @@ def code_deps(script: str, root: Path) -> list[str]:
 
 def suite_datasets(s: C.SuiteCfg, kinds: list[str]) -> list[str]:
     """Prepared datasets a stage of suite ``s`` loads: ``id`` (ID train/test), ``aux`` (auxiliary pool), ``ood``
-    (every OOD test set), ``protocol`` (the extra evaluation protocols' sets); sorted, each once."""
-    unknown = set(kinds) - {"id", "aux", "ood", "protocol"}
+    (every OOD test set), ``protocol`` (the extra evaluation protocols' sets), ``noise`` (the report's noise finding:
+    the synthetic-noise OOD sets and, only when there are any, the auxiliary pool); sorted, each once."""
+    unknown = set(kinds) - {"id", "aux", "ood", "protocol", "noise"}
     if unknown:
-        raise ValueError(f"dvc template: unknown DATA kind(s) {sorted(unknown)}; use id, aux, ood, protocol")
+        raise ValueError(f"dvc template: unknown DATA kind(s) {sorted(unknown)}; use id, aux, ood, protocol, noise")
     names = set()
     if "id" in kinds:
         names.add(s.data.id.dataset)
@@ -111,6 +113,10 @@ def suite_datasets(s: C.SuiteCfg, kinds: list[str]) -> list[str]:
         names.update(o.dataset for o in s.data.ood)
     if "protocol" in kinds:
         names.update(protocol_datasets(s))
+    if "noise" in kinds:
+        from .report.noise import NOISE_DATASETS
+        noise = [o.dataset for o in s.data.ood if o.dataset in NOISE_DATASETS]
+        names.update(noise + ([s.data.aux.dataset] if noise else []))
     return sorted(names)
 
 
