@@ -124,7 +124,9 @@ def test_data_deps_are_what_each_stage_loads(committed):
     assert _datasets(st["evaluate_mini"]) == _datasets(st["evaluate_mini_ablation"]) == MINI_ID_OOD  # no aux pool
     assert _datasets(st["certify_mini"]) == MINI_ID_OOD
     assert _datasets(st["select_mini"]) == MINI_ID_AUX | MINI_ID_OOD  # scoring: aux; overlap guard: ID test + OOD
-    assert _datasets(st["report_mini"]) == set()
+    # the noise finding reads the synthetic-noise sets and the auxiliary pool; the paper suites have no noise set
+    assert _datasets(st["report_mini"]) == {"gaussian_noise", "uniform_noise", "skimage_crops"}
+    assert _datasets(st["report_cifar10"]) == set()
     assert _datasets(st["train_cifar10"]) == {"cifar10", "tinyimages300k"}
     paper = {"cifar10", "dtd", "svhn", "places365", "lsun_crop", "lsun_resize", "isun"}
     openood = {"cifar100", "openood_tin", "openood_mnist", "openood_places365", "svhn", "dtd"}  # eval.protocols
