@@ -189,6 +189,16 @@ def best_cells(means: Sequence[Sequence[float]], lower_better: Sequence[bool], g
     return out
 
 
+def method_frame(rows: Sequence[Sequence[str]], index: Sequence[tuple[str, str]], columns: Sequence[tuple],
+                 means: Sequence[Sequence[float]], lower_better: Sequence[bool]) -> pd.DataFrame:
+    """A table with one row per (Architecture, Method) ``index`` entry and MultiIndex ``columns``, whose
+    ``attrs["bold"]`` marks the best seed mean of each column within an architecture (:func:`best_cells`)."""
+    t = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["Architecture", "Method"]),
+                     columns=pd.MultiIndex.from_tuples(columns))
+    t.attrs["bold"] = best_cells(means, lower_better, [a for a, _ in index])
+    return t
+
+
 def summary_metrics(df: pd.DataFrame, *, suite: str, score: str) -> dict[str, dict]:
     """Compact per-run-group numbers for ``dvc metrics show``: for each (method, arch) of group "main", the mean
     and std over seeds (ddof=1; None for one seed) in percent, 2 decimals, of FPR95 and AUROC on the headline set

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..io import write_bytes_atomic
 from ..openood import GROUPS, OPENOOD_V1_5
-from .aggregate import best_cells, format_mean_std
+from .aggregate import format_mean_std, method_frame
 from .names import arch_key, arch_name, method_key, method_name, score_name
 from .writers import write_table
 
@@ -65,10 +65,7 @@ def _table(d: pd.DataFrame, columns: list[tuple[str, str, str]], accuracy: bool)
         cells.append(row)
         means.append(mean)
         index.append((arch_name(arch), method_name(method)))
-    t = pd.DataFrame(cells, index=pd.MultiIndex.from_tuples(index, names=["Architecture", "Method"]),
-                     columns=pd.MultiIndex.from_tuples(heads))
-    t.attrs["bold"] = best_cells(means, lower, [a for a, _ in index])
-    return t
+    return method_frame(cells, index, heads, means, lower)
 
 
 def _caption(suite: str, d: pd.DataFrame, what: str) -> str:

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .aggregate import (ablation_rows, best_cells, caption, convention_text, headline_set, metric_cells, one_convention,
+from .aggregate import (ablation_rows, caption, convention_text, headline_set, method_frame, metric_cells, one_convention,
                         ood_sets, select_rows, set_columns, signed)
 from .names import (GRAD_PAIRS, LOWER_IS_BETTER, MEAN, METRIC_NAMES, METRICS, arch_key, arch_name, method_key,
                     method_name, score_name, set_name)
@@ -53,9 +53,7 @@ def main_table(df: pd.DataFrame, *, suite: str, score: str = "energy", metrics: 
         rows.append(row)
         means.append(mean)
         index.append((arch_name(arch), method_name(method)))
-    t = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=["Architecture", "Method"]),
-                     columns=pd.MultiIndex.from_tuples(cols))
-    t.attrs["bold"] = best_cells(means, lower, [a for a, _ in index])
+    t = method_frame(rows, index, cols, means, lower)
     extra = "ID acc. = top-1 accuracy on the ID test set." if include_accuracy else ""
     if use_headline:
         extra += f" Headline column: {set_name(head)} (near-OOD), placed first."
