@@ -20,7 +20,8 @@ from . import suite_figures as F
 from .aggregate import convention_text, headline_set, one_convention, ood_sets, summary_metrics
 from .claims import claims_table, write_claims
 from .fig_ablation import plot_ablation
-from .loading import load_results
+from .loading import load_results, load_train_curves
+from .margins import margin_table
 from .names import GRAD_PAIRS, arch_key, arch_name, method_key, method_name, score_name, set_name
 from .noise import NoiseInputs, build_noise_finding, noise_inputs_from_names
 from .openood_table import write_openood_report
@@ -38,7 +39,8 @@ def build_suite_report(*, suite: str, metrics_files: Iterable[os.PathLike | str]
                        certify_files: Iterable[os.PathLike | str] = (),
                        grad_pairs: Sequence[Sequence[str]] = GRAD_PAIRS,
                        summary_dir: Optional[os.PathLike | str] = None,
-                       noise: Optional[NoiseInputs] = None) -> dict[str, Path]:
+                       noise: Optional[NoiseInputs] = None,
+                       margins: Optional[Mapping[str, tuple[float, float]]] = None) -> dict[str, Path]:
     """Write every table and figure of one suite under ``out_dir``, plus ``summary.md``.
 
     * ``main`` (primary score: headline set and mean over OOD sets, FPR95 / AUROC / AUPR-In / AUPR-Out, best values
@@ -53,6 +55,8 @@ def build_suite_report(*, suite: str, metrics_files: Iterable[os.PathLike | str]
     * figures (see :mod:`greg_ood.report.suite_figures`): ``roc_<arch>``, ``scores_<experiment>``,
       ``gradnorm_<arch>`` (the paper's Figure 3), ``gradnorm_lambda_<arch>``, ``training_curves_<arch>``,
       ``certify_<arch>-s<seed>``.
+    * ``margins`` (:mod:`greg_ood.report.margins`) when ``margins`` maps the experiments to their ``(m_in, m_out)``:
+      the share of rows inside the penalty's indicators along training, per method.
     * ``noise_finding`` (:mod:`greg_ood.report.noise`) when an OOD set is synthetic noise: ``noise`` names the
       noise sets and the prepared image files (default: the sets named like a noise dataset, no pixel statistics).
     * ``summary_dir`` (when given): one ``<method>-<arch>.json`` per main run group (:func:`summary_metrics`),
@@ -80,6 +84,8 @@ def build_suite_report(*, suite: str, metrics_files: Iterable[os.PathLike | str]
                                              train_csv_files=[Path(f) for f in train_csv_files],
                                              certify_files=[Path(f) for f in certify_files],
                                              paper_csv=paper_csv), out))
+    if margins is not None:
+        written.update(_margins(df, suite, [Path(f) for f in train_csv_files], margins, notes, out))
     if (df["group"] == "ablation").any():
         written["figures/ablation.png"] = plot_ablation(df, out / "figures" / "ablation.png", suite=suite,
                                                         score=primary)
@@ -133,6 +139,16 @@ def _tables(df: pd.DataFrame, suite: str, primary: str, out: Path, paper_csv, pa
         except ValueError as e:
             notes.append(f"{name} skipped: {e}")
     return written
+
+
+def _margins(df: pd.DataFrame, suite: str, train_csv_files: Sequence[Path],
+             margins: Mapping[str, tuple[float, float]], notes: list[str], out: Path) -> dict[str, Path]:
+    try:
+        t = margin_table(load_train_curves(train_csv_files, df), margins, suite=suite)
+    except ValueError as e:
+        notes.append(f"margins skipped: {e}")
+        return {}
+    return {f"margins.{k}": p for k, p in write_table(t, out, "margins").items()}
 
 
 def _write_summary_metrics(df: pd.DataFrame, suite: str, primary: str, summary_dir: Path) -> dict[str, Path]:
