@@ -2,7 +2,7 @@
 #   make mini    the main job: install, prepare the offline data, run the `mini` suite through `dvc repro`
 #   make test    the test suite (unit + real DVC/MLflow end-to-end on a tiny `mini` configuration)
 #   make bench   speed benchmark -> reports/bench/<device>.{md,json}
-#   make fmnist  the offline evidence suite (about 3 h on 2 cores) -> reports/fmnist/
+#   make fmnist  the offline evidence suite (3-4 h on 2 cores) -> reports/fmnist/
 #   make bench-pipeline  where a stage's wall time goes -> reports/bench/pipeline.{md,json}
 #   make gpu-check  CUDA benchmark, bf16 check, epoch slice, CIFAR-10 projection -> reports/bench/gpu-check.{md,json}
 #   make rehearsal  the paper suites' `dvc repro` on tiny format-true stand-ins (long; not part of `make test`)
