@@ -262,10 +262,6 @@ def test_editing_a_module_marks_exactly_the_stages_that_run_it(repo, tmp_path):
     assert _status(c, env) == set()  # restored: nothing to re-run
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "until it has passed twice since its fix: it failed because the forced re-run in the copy stopped at the "
-    "copied-MLflow-store guard (it now relocates the store first); pretrain, select, train and evaluate re-run in "
-    "such a copy reproduced their dvc.lock entries byte for byte"))
 def test_fresh_rerun_leaves_dvc_lock_unchanged(repo, tmp_path):
     """Outputs are deterministic: re-running stages from nothing (no resume checkpoint) rewrites dvc.lock with the same
     bytes, so a fresh clone's `make mini` leaves `git status` clean."""
