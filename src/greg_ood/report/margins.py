@@ -1,9 +1,10 @@
-"""Are the margins active? The share of rows inside the energy-margin penalty's indicators along training, per method.
+"""Are the margins active? The share of rows inside the gradient penalty's indicators along training, per method.
 
-The energy-margin loss (paper Eq. 5) and the gradient penalty act on ID rows with E(x) < m_in and on auxiliary rows
-with E(x) > m_out (:func:`greg_ood.losses.margin_activity`, logged by every method against the same margins). If
-almost no row is inside, the regularizer has nothing to act on; if every row is, the margins do not select. This
-table reads those shares and the energy percentiles from the training logs, so that a reader can judge the margins
+The gradient penalty acts on ID rows with E(x) < m_in and on auxiliary rows with E(x) > m_out; the energy-margin
+hinge (paper Eq. 5) is non-zero on the complement. Every method logs the share of each group inside the penalty's
+indicators against the same margins (:func:`greg_ood.losses.margin_stats`). If almost no row is inside, the
+regularizer has nothing to act on; if every row is, the margins do not select. This table reads those shares and the
+energy percentiles from the training logs, so that a reader can judge the margins
 from training data alone (never from the OOD test sets).
 """
 from __future__ import annotations
