@@ -1,6 +1,6 @@
-"""dvc.yaml's deps are derived from the code and the config, and the committed file is what dvcgen writes.
+"""dvc.yaml's deps are derived from the code and the config, and the committed files are what dvcgen writes.
 
-Fast: reads the committed dvc.yaml (no DVC, no pipeline run). The slow proof that an edit re-runs exactly the stages
+Fast: reads the committed dvc.yaml files (no DVC, no pipeline run). The slow proof that an edit re-runs exactly the stages
 whose closure holds the edited file is in test_pipeline_e2e.py.
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ import yaml
 
 from greg_ood import config as C
 from greg_ood.codedeps import closure_relative
-from greg_ood.dvcgen import render
+from greg_ood.dvcgen import dvc_files, render
+from greg_ood.runinfo import dvc_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = re.compile(r"python (stages/\S+\.py)")
@@ -75,12 +76,35 @@ def test_the_aux_pool_dep_is_a_dvc_variable_so_exp_run_can_swap_it(committed):
 
 @pytest.fixture(scope="module")
 def committed() -> dict:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    """The root dvc.yaml with the stage groups of every group file merged into its ``stages``."""
+    files = dvc_files(ROOT)
+    doc = yaml.safe_load(files[0].read_text())
+    for f in files[1:]:
+        doc["stages"].update(yaml.safe_load(f.read_text())["stages"])
+    return doc
 
 
-def test_committed_dvc_yaml_is_dvcgen_output():
-    assert (ROOT / "dvc.yaml").read_text() == render(C.load(ROOT / "params.yaml"), ROOT), \
-        "dvc.yaml is stale: run `make dvc.yaml`"
+def test_committed_dvc_files_are_dvcgen_output():
+    want = render(C.load(ROOT / "params.yaml"), ROOT)
+    have = {f.relative_to(ROOT).as_posix(): f.read_text() for f in dvc_files(ROOT)}
+    assert sorted(have) == sorted(want), "dvc.yaml files are stale: run `make dvc.yaml`"
+    for rel, text in want.items():
+        assert have[rel] == text, f"{rel} is stale: run `make dvc.yaml`"
+
+
+def test_big_groups_have_their_own_file_and_run_in_the_repository_root():
+    """train/evaluate (and their ablation) groups each in pipelines/<group>/dvc.yaml with params.yaml as variables
+    and the root as working directory (so commands, paths and lock entries read as in the root file); the rest, the
+    report stages that `dvc repro report_<S>` names included, in the root dvc.yaml."""
+    root_groups = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    assert all(dvc_file(g) == "dvc.yaml" for g in root_groups)
+    for s in C.load(ROOT / "params.yaml").params.suites:
+        assert {f"report_{s}", f"certify_{s}", f"pretrain_{s}", f"evaluate_{s}_pretrained"} <= root_groups
+        for g in (f"train_{s}", f"evaluate_{s}", f"train_{s}_ablation", f"evaluate_{s}_ablation"):
+            assert g not in root_groups
+            doc = yaml.safe_load((ROOT / dvc_file(g)).read_text())
+            assert dvc_file(g) == f"pipelines/{g}/dvc.yaml" and list(doc["stages"]) == [g]
+            assert doc["vars"] == ["../../params.yaml"] and doc["stages"][g]["wdir"] == "../.."
 
 
 def test_every_stage_code_deps_equal_its_import_closure(committed):
