@@ -1,7 +1,7 @@
 """dvc.yaml's deps are derived from the code and the config, and the committed files are what dvcgen writes.
 
-Fast: reads the committed dvc.yaml files (no DVC, no pipeline run). The slow proof that an edit re-runs exactly the stages
-whose closure holds the edited file is in test_pipeline_e2e.py.
+Fast: reads the committed dvc.yaml files (no DVC, no pipeline run). The slow proof that an edit re-runs exactly the
+stages whose closure holds the edited file is in test_pipeline_e2e.py.
 """
 from __future__ import annotations
 
