@@ -85,7 +85,7 @@ plots: setup
 	$(BIN)/python -m greg_ood.cli.plots_page -o dvc_plots $(if $(SUITE),--suite $(SUITE))
 
 dvc.yaml: setup
-	$(BIN)/python -m greg_ood.dvcgen params.yaml > dvc.yaml.tmp && mv dvc.yaml.tmp dvc.yaml
+	$(BIN)/python -m greg_ood.dvcgen params.yaml
 
 # Team tracking server (PostgreSQL backend; see docs/team-server.md)
 mlflow-server: setup

@@ -37,7 +37,7 @@ def main() -> None:
             exp = cfg.experiment(args.suite, method, arch, seed)
             model = pipeline.load_model(P.model(args.suite, exp.name),
                                         pipeline.build_model(cfg, args.suite, arch, method), device,
-                                        stage=RunInfo.of_experiment("train", exp).dvc_stage)
+                                        stage=RunInfo.of_experiment("train", exp).dvc_target)
             e_id, _ = forward_all(model, sd.id_test.images, mean=sd.mean, std=sd.std, device=device)
             gamma = float(CT.threshold_at_tpr(energy(e_id), tpr=s.eval.tpr))
             norms, radii = {}, {}

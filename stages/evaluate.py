@@ -35,10 +35,10 @@ def subject(cfg, args) -> Subject:
         info = RunInfo("evaluate", suite=args.suite, method=PRETRAINED, arch=args.arch,
                        seed=cfg.suite(args.suite).pretrain.seed, group="main")
         return Subject(pretrained_experiment(args.suite, args.arch), info, P.pretrained(args.suite, args.arch),
-                       RunInfo("pretrain", suite=args.suite, arch=args.arch).dvc_stage, "ce", None)
+                       RunInfo("pretrain", suite=args.suite, arch=args.arch).dvc_target, "ce", None)
     exp = cfg.experiment(args.suite, args.method, args.arch, args.seed, ablation_lambda=args.lambda_grad)
     return Subject(exp.name, RunInfo.of_experiment("evaluate", exp), P.model(args.suite, exp.name),
-                   RunInfo.of_experiment("train", exp).dvc_stage, args.method, exp.train.loss.lambda_energy)
+                   RunInfo.of_experiment("train", exp).dvc_target, args.method, exp.train.loss.lambda_energy)
 
 
 def main() -> None:

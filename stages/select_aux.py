@@ -34,7 +34,7 @@ def main() -> None:
     sd = pipeline.suite_data(cfg, args.suite, aux=True, ood=True)
     model = pipeline.load_model(P.pretrained(args.suite, args.arch),
                                 pipeline.build_model(cfg, args.suite, args.arch, "ce"), device,
-                                stage=RunInfo("pretrain", suite=args.suite, arch=args.arch).dvc_stage)
+                                stage=RunInfo("pretrain", suite=args.suite, arch=args.arch).dvc_target)
     out = P.selection(args.suite, args.arch)
     with tracking.stage_run(RunInfo("select", suite=args.suite, arch=args.arch),
                             params={"select": sc.model_dump(), "arch": args.arch},

@@ -33,7 +33,7 @@ def main() -> None:
         model = pipeline.build_model(cfg, args.suite, args.arch, args.method)
         if t.init == "pretrained":
             pipeline.load_model(P.pretrained(args.suite, args.arch), model, device,
-                                stage=RunInfo("pretrain", suite=args.suite, arch=args.arch).dvc_stage)
+                                stage=RunInfo("pretrain", suite=args.suite, arch=args.arch).dvc_target)
         model = model.to(device)
         sel = P.selection(args.suite, args.arch) / "indices.npy"
         indices = np.load(sel) if sel.exists() else None

@@ -25,6 +25,7 @@ import yaml
 
 from data_fixtures import FileServer, ilsvrc_tree, serve_standins
 from greg_ood.data import imagenet as IN
+from greg_ood.dvcgen import dvc_files
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -101,6 +102,9 @@ def _copy_repo(d: Path) -> None:
         shutil.copytree(ROOT / name, d / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, d / name)
+    for f in dvc_files(ROOT)[1:]:  # the stage groups with a dvc.yaml of their own
+        (d / f.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, d / f.relative_to(ROOT))
     (d / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", d / ".dvc" / "config")
 
@@ -154,10 +158,12 @@ def rehearsal(request, tmp_path_factory, server):
 
 def test_every_stage_ran_and_nothing_is_left_to_run(rehearsal):
     suite, d, env, s, r, _ = rehearsal
-    lock = yaml.safe_load((d / "dvc.lock").read_text())["stages"]
+    lock = {}
+    for f in [d / "dvc.lock", *d.glob("pipelines/*/dvc.lock")]:
+        lock.update(yaml.safe_load(f.read_text())["stages"])
     missing = expected_stages(s, suite) - set(lock)
     assert not missing, sorted(missing)
-    ran = set(re.findall(r"Running stage '([^']+)'", r.stdout))
+    ran = {k.rsplit(":", 1)[-1] for k in re.findall(r"Running stage '([^']+)'", r.stdout)}
     assert expected_stages(s, suite) <= ran, sorted(expected_stages(s, suite) - ran)
     assert "using source override from" in r.stdout + r.stderr  # the stand-ins came through $GREG_OOD_SOURCES
     st = _sh([str(BIN / "dvc"), "status", f"report_{suite}", "--json"], d, env)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import pytest
 import yaml
 
 from greg_ood.codedeps import closure_relative
+from greg_ood.dvcgen import dvc_files
+from greg_ood.runinfo import dvc_file
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -68,6 +71,9 @@ def repo(tmp_path_factory):
         shutil.copytree(ROOT / name, d / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, d / name)
+    for f in dvc_files(ROOT)[1:]:  # the stage groups with a dvc.yaml of their own
+        (d / f.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, d / f.relative_to(ROOT))
     (d / ".dvc").mkdir()
     for name in ("config", ".gitignore"):
         shutil.copy(ROOT / ".dvc" / name, d / ".dvc" / name)
@@ -88,11 +94,40 @@ def repo(tmp_path_factory):
     return d, env, r
 
 
+def _locks(d: Path) -> dict[str, str]:
+    """Every dvc.lock of the checkout ``d`` (the root one and each stage group's), by relative path."""
+    files = [d / "dvc.lock", *sorted(d.glob("pipelines/*/dvc.lock"))]
+    return {f.relative_to(d).as_posix(): f.read_text() for f in files if f.is_file()}
+
+
+def _lock_stages(d: Path) -> dict:
+    """The lock entries of every dvc.lock of ``d``, by stage name."""
+    out = {}
+    for text in _locks(d).values():
+        out.update(yaml.safe_load(text)["stages"])
+    return out
+
+
+def _name(key: str) -> str:
+    """A stage's name from DVC's key for it (``pipelines/<group>/dvc.yaml:<name>`` outside the root dvc.yaml)."""
+    return key.rsplit(":", 1)[-1]
+
+
+def _target(name: str) -> str:
+    """What `dvc repro` accepts for the stage ``name``."""
+    where = dvc_file(name.split("@")[0])
+    return name if where == "dvc.yaml" else f"{where}:{name}"
+
+
 def test_every_stage_ran(repo):
     d, env, _ = repo
     st = _sh([str(BIN / "dvc"), "status", "report_mini", "--with-deps", "--json"], d, env)
     assert json.loads(st.stdout or "{}") == {}, st.stdout
-    lock = yaml.safe_load((d / "dvc.lock").read_text())["stages"]
+    lock = _lock_stages(d)
+    for name, path in (("train_mini@energy-small_cnn-0", "pipelines/train_mini/dvc.lock"),
+                       ("evaluate_mini_ablation@0.0-0", "pipelines/evaluate_mini_ablation/dvc.lock"),
+                       ("report_mini", "dvc.lock")):  # each group's entries in its own file's lock
+        assert name in yaml.safe_load((d / path).read_text())["stages"], (name, path)
     cfg_methods = ["energy", "oe", "oe_grad", "dos", "greg", "greg_plus"]
     for m in cfg_methods:
         assert f"train_mini@{m}-small_cnn-0" in lock and f"evaluate_mini@{m}-small_cnn-0" in lock
@@ -179,7 +214,8 @@ def test_tables_and_figures_exist(repo):
 
 
 #: what a run may leave in the work tree besides git-ignored files: the pipeline outputs the repository commits
-COMMITTED_OUTPUTS = ("dvc.lock", "certify/", "metrics/", "plots/", "reports/mini/", "results/", "selection/")
+COMMITTED_OUTPUTS = ("dvc.lock", "pipelines/", "certify/", "metrics/", "plots/", "reports/mini/", "results/",
+                     "selection/")
 
 
 def test_a_run_leaves_only_committed_outputs_in_git_status(repo):
@@ -207,7 +243,7 @@ def _script(stage: str) -> str:
 def _status(d: Path, env: dict) -> set:
     """Stages of the mini pipeline (report_mini and everything upstream) that `dvc status` marks as changed."""
     st = _sh([str(BIN / "dvc"), "status", "report_mini", "--with-deps", "--json"], d, env)
-    return set(json.loads(st.stdout or "{}"))
+    return {_name(k) for k in json.loads(st.stdout or "{}")}
 
 
 def _finished_copy(repo, tmp_path: Path) -> tuple[Path, dict]:
@@ -233,7 +269,7 @@ def _edit_and_status(c: Path, env: dict, rel: str) -> set:
 
 def test_editing_a_module_marks_exactly_the_stages_that_run_it(repo, tmp_path):
     c, env = _finished_copy(repo, tmp_path)
-    stages = set(yaml.safe_load((c / "dvc.lock").read_text())["stages"])
+    stages = set(_lock_stages(c))
     closure = {s: set(closure_relative(c / f"stages/{s}.py", c, src=c / "src")) for s in STAGE_SCRIPTS.values()}
     runs = {st: closure[Path(_script(st)).stem] for st in stages}
 
@@ -263,17 +299,17 @@ def test_editing_a_module_marks_exactly_the_stages_that_run_it(repo, tmp_path):
 
 
 def test_fresh_rerun_leaves_dvc_lock_unchanged(repo, tmp_path):
-    """Outputs are deterministic: re-running stages from nothing (no resume checkpoint) rewrites dvc.lock with the same
-    bytes, so a fresh clone's `make mini` leaves `git status` clean."""
+    """Outputs are deterministic: re-running stages from nothing (no resume checkpoint) rewrites the dvc.lock files
+    with the same bytes, so a fresh clone's `make mini` leaves `git status` clean."""
     c, env = _finished_copy(repo, tmp_path)
-    before = (c / "dvc.lock").read_text()
+    before = _locks(c)
     shutil.rmtree(c / "checkpoints")
     # the copy's MLflow store still names the original's artifact folders, which the stages refuse to write into
     _sh([sys.executable, "-m", "greg_ood.tracking", "relocate"], c, env)
     _sh([str(BIN / "dvc"), "repro", "--force", "--no-run-cache", "--single-item", "pretrain_mini@small_cnn",
-         "select_mini@small_cnn", "train_mini@greg-small_cnn-0", "evaluate_mini@greg-small_cnn-0",
+         "select_mini@small_cnn", _target("train_mini@greg-small_cnn-0"), _target("evaluate_mini@greg-small_cnn-0"),
          "evaluate_mini_pretrained@small_cnn", "certify_mini", "report_mini"], c, env)
-    assert (c / "dvc.lock").read_text() == before
+    assert _locks(c) == before
 
 
 def test_changing_lambda_grad_invalidates_only_greg(repo):
@@ -282,7 +318,7 @@ def test_changing_lambda_grad_invalidates_only_greg(repo):
     raw["suites"]["mini"]["method_params"]["greg"]["loss"]["lambda_grad"] = 2.0
     (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     st = json.loads(_sh([str(BIN / "dvc"), "status", "--json"], d, env).stdout)
-    changed = set(st)
+    changed = {_name(k) for k in st}
     assert "train_mini@greg-small_cnn-0" in changed
     for other in ("train_mini@energy-small_cnn-0", "train_mini@greg_plus-small_cnn-0", "pretrain_mini@small_cnn",
                   "evaluate_mini@energy-small_cnn-0"):
@@ -297,7 +333,7 @@ def test_dvc_exp_run_set_param(repo):
     r = _sh([str(BIN / "dvc"), "exp", "run", "-n", "lg3", "-S", "suites.mini.method_params.greg.loss.lambda_grad=3",
              "report_mini"], d, env, timeout=1500)
     assert "train_mini@greg-small_cnn-0" in r.stdout + r.stderr
-    assert "Running stage 'train_mini@energy-small_cnn-0'" not in r.stdout
+    assert not re.search(r"Running stage '[^']*train_mini@energy-small_cnn-0'", r.stdout)
     shown = _sh([str(BIN / "dvc"), "exp", "show", "--json"], d, env).stdout
     assert "lg3" in shown
 

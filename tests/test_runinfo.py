@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from greg_ood import config as C
+from greg_ood.dvcgen import dvc_files
 from greg_ood.runinfo import PRETRAINED, RunInfo, eval_metrics, train_metric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,10 @@ def _dvc_stage_names() -> set[str]:
         return v
 
     names = set()
-    for name, st in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+    stages = {}
+    for f in dvc_files(ROOT):
+        stages.update(yaml.safe_load(f.read_text())["stages"])
+    for name, st in stages.items():
         if "foreach" in st:
             names |= {f"{name}@{k}" for k in lookup(st["foreach"])}
         elif "matrix" in st:
@@ -52,6 +56,20 @@ def test_every_stage_name_is_a_real_dvc_stage():
     assert RunInfo("train", suite="mini", method="greg", arch="small_cnn", seed=0).dvc_stage == \
         "train_mini@greg-small_cnn-0"
     assert infos[-1 - 2 * len(exps)].dvc_stage == "evaluate_mini_pretrained@small_cnn"
+
+
+def test_dvc_target_names_the_file_of_a_stage_outside_the_root_dvc_yaml():
+    """`dvc repro` finds a bare stage name only in the root dvc.yaml; the fixes the stages print must run as shown."""
+    greg = RunInfo("train", suite="mini", method="greg", arch="small_cnn", seed=0)
+    assert greg.dvc_target == "pipelines/train_mini/dvc.yaml:train_mini@greg-small_cnn-0"
+    abl = RunInfo("evaluate", suite="mini", method="greg", arch="small_cnn", seed=1, group="ablation", label="0.1")
+    assert abl.dvc_target == "pipelines/evaluate_mini_ablation/dvc.yaml:evaluate_mini_ablation@0.1-1"
+    base = RunInfo("evaluate", suite="mini", method=PRETRAINED, arch="small_cnn", seed=0, group="main")
+    assert base.dvc_target == base.dvc_stage == "evaluate_mini_pretrained@small_cnn"
+    assert RunInfo("pretrain", suite="mini", arch="small_cnn").dvc_target == "pretrain_mini@small_cnn"
+    assert RunInfo("report", suite="mini").dvc_target == "report_mini"
+    for info in (greg, abl):
+        assert (ROOT / info.dvc_target.split(":")[0]).is_file()
 
 
 def test_run_names_lead_with_method_and_seed():

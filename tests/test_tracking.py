@@ -79,12 +79,14 @@ def test_git_dirty_counts_code_and_params_only(tmp_path):
         subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
 
     git("init", "-q")
-    for f in ("params.yaml", "dvc.lock", "src/m.py", "metrics/x.json"):
+    for f in ("params.yaml", "dvc.lock", "src/m.py", "metrics/x.json", "pipelines/train_s/dvc.yaml",
+              "pipelines/train_s/dvc.lock"):
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / f).write_text("a\n")
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
     (tmp_path / "dvc.lock").write_text("b\n")
+    (tmp_path / "pipelines" / "train_s" / "dvc.lock").write_text("b\n")  # a stage group's lock: an output too
     (tmp_path / "metrics" / "x.json").write_text("b\n")
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "new.md").write_text("new\n")
@@ -93,6 +95,9 @@ def test_git_dirty_counts_code_and_params_only(tmp_path):
     assert tracking.git_info(tmp_path)["git.dirty"] == "true"
     git("checkout", "params.yaml")
     (tmp_path / "src" / "new.py").write_text("x = 1\n")
+    assert tracking.git_info(tmp_path)["git.dirty"] == "true"
+    (tmp_path / "src" / "new.py").unlink()
+    (tmp_path / "pipelines" / "train_s" / "dvc.yaml").write_text("b\n")  # a stage group's pipeline: code
     assert tracking.git_info(tmp_path)["git.dirty"] == "true"
 
 

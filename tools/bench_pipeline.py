@@ -11,8 +11,9 @@ other tracking, checkpoint and output writes; see ``tools/bench_hook/sitecustomi
 1. one stage per kind (:data:`PROBES`: download, pretrain, select, train, evaluate, certify), in pipeline order and
    revisions interleaved stage by stage: ``dvc repro --single-item --force`` (a changed stage: DVC's own time = the
    run minus its stage process), then ``dvc repro --single-item`` again (up to date: DVC alone);
-2. ``dvc status report_mini`` (DVC loading the whole pipeline) and one ``dvc.lock`` update as DVC does it after every
-   stage (round-trip parse + dump of the committed lock);
+2. ``dvc status report_mini`` (DVC loading the whole pipeline) and, per measured stage, one update of the committed
+   dvc.lock that holds its entry as DVC does it after every stage (round-trip parse + dump; the root dvc.lock, or the
+   stage group's own ``pipelines/<group>/dvc.lock`` where the revision has one);
 3. the imports of each stage script, report included (``python -X importtime stages/<x>.py --help``): CPU time of the
    process, the cumulative import time of the heaviest packages, and the size of its code closure;
 4. with ``--full``, the whole suite (``dvc repro report_mini`` from scratch): every stage's phases, and DVC's own time
@@ -135,11 +136,12 @@ def line_count(log: Path) -> int:
 
 
 def fresh(clone: Path) -> Path:
-    """The clone as after checkout: the upstream outputs, the MLflow store and the changed dvc.lock removed."""
+    """The clone as after checkout: the upstream outputs and the MLflow store removed, the dvc.lock files (and the
+    other committed outputs) restored."""
     for rel in ARTIFACTS + ["models", "mlruns"]:
         shutil.rmtree(clone / rel, ignore_errors=True)
     (clone / "mlflow.db").unlink(missing_ok=True)
-    timed(["git", "checkout", "-q", "dvc.lock"], clone, clone_env(clone, clone / "unused.jsonl"))
+    timed(["git", "checkout", "-q", "--", "."], clone, clone_env(clone, clone / "unused.jsonl"))
     return clone
 
 
@@ -152,8 +154,7 @@ def full_run(clone: Path, log: Path) -> dict:
     dvc_wall = (wall - sum(r["total"] for r in recs)) / max(n, 1)
     dvc_cpu = (cpu - sum(r["cpu_total"] for r in recs)) / max(n, 1)
     return {"wall": wall, "cpu": cpu, "stages": n, "dvc_wall_per_stage": dvc_wall, "dvc_cpu_per_stage": dvc_cpu,
-            "records": recs, "lock_lines": (clone / "dvc.lock").read_text().count("\n"),
-            "yaml_lines": (clone / "dvc.yaml").read_text().count("\n")}
+            "records": recs}
 
 
 def link_artifacts(src: Path, clone: Path) -> None:
@@ -170,33 +171,54 @@ def _link_new(src: str, dst: str) -> None:
         os.link(src, dst)
 
 
+def lock_of(clone: Path, stage: str) -> str:
+    """The dvc.lock (relative path) that holds ``stage``'s entry in ``clone``: its group's own, where the revision
+    declares the group in ``pipelines/<group>/dvc.yaml``, else the root one."""
+    own = Path("pipelines") / stage.split("@")[0] / "dvc.lock"
+    return own.as_posix() if (clone / own).with_name("dvc.yaml").is_file() else "dvc.lock"
+
+
+def target(clone: Path, stage: str) -> str:
+    """``stage`` as ``dvc repro`` addresses it in ``clone`` (``<file>:<name>`` outside the root dvc.yaml)."""
+    lock = lock_of(clone, stage)
+    return stage if lock == "dvc.lock" else f"{Path(lock).with_name('dvc.yaml').as_posix()}:{stage}"
+
+
 def probe_stage(clone: Path, log: Path, kind: str, stage: str) -> dict:
     """``dvc repro --single-item --force <stage>`` (DVC's part = the run minus its stage process), then the same
     without ``--force`` (up to date: DVC alone)."""
     env = clone_env(clone, log)
     start = line_count(log)
-    _, f_wall, f_cpu = timed(["dvc", "repro", "--single-item", "--force", stage], clone, env)
+    _, f_wall, f_cpu = timed(["dvc", "repro", "--single-item", "--force", target(clone, stage)], clone, env)
     recs = records(log, start)
-    _, up_wall, up_cpu = timed(["dvc", "repro", "--single-item", stage], clone, env)
+    _, up_wall, up_cpu = timed(["dvc", "repro", "--single-item", target(clone, stage)], clone, env)
     return {"kind": kind, "stage": stage, "records": recs, "forced_wall": f_wall, "forced_cpu": f_cpu,
             "process_wall": sum(r["total"] for r in recs), "process_cpu": sum(r["cpu_total"] for r in recs),
             "dvc_wall": f_wall - sum(r["total"] for r in recs), "dvc_cpu": f_cpu - sum(r["cpu_total"] for r in recs),
             "uptodate_wall": up_wall, "uptodate_cpu": up_cpu}
 
 
-def dvc_whole(clone: Path, committed_lock: str) -> dict:
-    """``dvc status report_mini``, and one update of the committed dvc.lock as DVC does it after every stage."""
+def dvc_whole(clone: Path, sha: str) -> dict:
+    """``dvc status report_mini``, and per measured stage one update of the committed dvc.lock that holds its entry,
+    as DVC does it after every stage."""
     env = clone_env(clone, clone / "unused.jsonl")
     _, s_wall, s_cpu = timed(["dvc", "status", "report_mini"], clone, env)
-    lock = clone / "committed.lock"
-    lock.write_text(committed_lock)
     code = ("import time,sys;from dvc.utils.serialize import modify_yaml;t=time.process_time();w=time.perf_counter()\n"
             "with modify_yaml(sys.argv[1]) as d: pass\n"
             "print(time.process_time()-t, time.perf_counter()-w)")
-    r, _, _ = timed([sys.executable, "-c", code, str(lock)], clone, env)
-    lock_cpu, lock_wall = map(float, r.stdout.split())
-    return {"status_wall": s_wall, "status_cpu": s_cpu, "lock_update_wall": lock_wall, "lock_update_cpu": lock_cpu,
-            "lock_lines": committed_lock.count("\n"), "yaml_lines": (clone / "dvc.yaml").read_text().count("\n")}
+    locks = {}
+    for _, stage in PROBES:
+        rel = lock_of(clone, stage)
+        if rel not in locks:
+            text = subprocess.run(["git", "show", f"{sha}:{rel}"], cwd=ROOT, capture_output=True, text=True).stdout
+            tmp = clone / "committed.lock"
+            tmp.write_text(text)
+            r, _, _ = timed([sys.executable, "-c", code, str(tmp)], clone, env)
+            cpu, wall = map(float, r.stdout.split())
+            locks[rel] = {"lines": text.count("\n"), "cpu": cpu, "wall": wall}
+    yaml_lines = sum(f.read_text().count("\n") for f in [clone / "dvc.yaml", *clone.glob("pipelines/*/dvc.yaml")])
+    return {"status_wall": s_wall, "status_cpu": s_cpu, "yaml_lines": yaml_lines, "locks": locks,
+            "stage_lock": {stage: lock_of(clone, stage) for _, stage in PROBES}}
 
 
 _IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
@@ -265,9 +287,16 @@ def _kind_cpu(r: dict, kind: str) -> dict:
            "work": med(x["cpu"].get("work", 0.0) for x in recs),
            "imports": med(x["cpu"].get("imports", 0.0) + x["cpu"].get("start", 0.0) for x in recs),
            "mlflow": med(x["cpu"].get("mlflow_setup", 0.0) + x["cpu"].get("tracking", 0.0) for x in recs),
-           "dvc": med(p["dvc_cpu"] for p in probes), "uptodate": med(p["uptodate_cpu"] for p in probes)}
+           "dvc": med(p["dvc_cpu"] for p in probes), "uptodate": med(p["uptodate_cpu"] for p in probes),
+           "lock": med(_lock_cpu(r, p["stage"]) for p in probes)}
     out["stage"] = out["notwork"] + out["dvc"]
     return out
+
+
+def _lock_cpu(r: dict, stage: str) -> float:
+    """CPU of one update of the committed dvc.lock holding ``stage`` (0 when not measured)."""
+    w = r.get("whole", {})
+    return w.get("locks", {}).get(w.get("stage_lock", {}).get(stage), {}).get("cpu", 0.0)
 
 
 def comparison(res: dict) -> list[str]:
@@ -277,21 +306,22 @@ def comparison(res: dict) -> list[str]:
     lines = [f"## {revs[0]} -> {revs[-1]}: CPU seconds per stage beside the work", "",
              "overhead = the stage process's CPU minus its work + DVC's own CPU for the stage (forced run minus "
              "process); imports = interpreter start + imports; MLflow = set-up + other tracking calls; DVC up to date "
-             "= `dvc repro --single-item` of a stage with nothing to do; closure = files in the stage script's code "
-             "deps.", "",
-             "| stage kind | overhead | process beside work | imports | MLflow | DVC (changed stage) | "
-             "DVC up to date | closure files | work (for scale) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "= `dvc repro --single-item` of a stage with nothing to do; lock rewrite = one update of the committed "
+             "dvc.lock that holds the stage (part of DVC's time for a changed stage); closure = files in the stage "
+             "script's code deps.", "",
+             "| stage kind | overhead | process beside work | imports | MLflow | DVC (changed stage) | lock rewrite | "
+             "DVC up to date | closure files | work (for scale) |", "|---|" + "---:|" * 9]
     for kind in KINDS:
         ca, cb = a.get("closure", {}).get(kind, "?"), b.get("closure", {}).get(kind, "?")
         if not any(p["kind"] == kind for p in a["probes"]):
             if "imports" not in a or "imports" not in b:
                 continue
             ia, ib = a["imports"][kind], b["imports"][kind]
-            lines.append(f"| {kind} | | | {ia['cpu']:.2f} -> {ib['cpu']:.2f} (`--help`) | | | | {ca} -> {cb} | |")
+            lines.append(f"| {kind} | | | {ia['cpu']:.2f} -> {ib['cpu']:.2f} (`--help`) | | | | | {ca} -> {cb} | |")
             continue
         x, y = _kind_cpu(a, kind), _kind_cpu(b, kind)
         cells = " | ".join(f"{x[k]:.2f} -> {y[k]:.2f}" for k in ("stage", "notwork", "imports", "mlflow", "dvc",
-                                                                  "uptodate"))
+                                                                  "lock", "uptodate"))
         lines.append(f"| {kind} | {cells} | {ca} -> {cb} | {x['work']:.2f} -> {y['work']:.2f} |")
     return lines + [""]
 
@@ -314,10 +344,11 @@ def rev_section(rev: str, r: dict) -> list[str]:
     if "whole" not in r or "imports" not in r:
         return lines + [""]
     w = r["whole"]
+    locks = "; ".join(f"`{rel}` ({v['lines']} lines): CPU {v['cpu']:.2f} s, wall {v['wall']:.2f} s"
+                      for rel, v in w["locks"].items())
     lines += ["", f"`dvc status report_mini`: CPU {w['status_cpu']:.2f} s, wall {w['status_wall']:.2f} s "
-              f"(dvc.yaml {w['yaml_lines']} lines). One update of the committed dvc.lock ({w['lock_lines']} lines) as "
-              f"DVC does it after each stage (round-trip parse + dump): CPU {w['lock_update_cpu']:.2f} s, wall "
-              f"{w['lock_update_wall']:.2f} s.", "",
+              f"(dvc.yaml files {w['yaml_lines']} lines). One update of a committed lock as DVC does it after each "
+              f"stage (round-trip parse + dump), for each lock that holds a measured stage: {locks}.", "",
               "Imports (`python -X importtime stages/<x>.py --help`): CPU and wall of the whole process, the code "
               "closure, and the cumulative import wall time of the heaviest packages.", "",
               "| stage kind | CPU | wall | closure files | torch | mlflow | heaviest imports (s) |",
@@ -408,8 +439,7 @@ def main(argv: list[str] | None = None) -> None:
                       flush=True)
             save()
         for rev, (sha, clone) in clones.items():
-            lock = subprocess.run(["git", "show", f"{sha}:dvc.lock"], cwd=ROOT, capture_output=True, text=True).stdout
-            cur[rev].update(closure=closure_sizes(clone), whole=dvc_whole(clone, lock), imports=import_profile(clone))
+            cur[rev].update(closure=closure_sizes(clone), whole=dvc_whole(clone, sha), imports=import_profile(clone))
             save()
         if args.full:
             for rev, (sha, clone) in clones.items():

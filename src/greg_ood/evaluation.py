@@ -28,6 +28,10 @@ def forward_all(model: torch.nn.Module, images: np.ndarray, *, mean, std, device
             feats.append(z.float().cpu())
     finally:
         model.train(was_training)
+    return _joined(logits, feats)
+
+
+def _joined(logits: list, feats: list) -> tuple[torch.Tensor, torch.Tensor]:
     if not logits:
         raise ValueError("empty image set: nothing to evaluate")
     return torch.cat(logits), torch.cat(feats)
@@ -38,31 +42,41 @@ def id_accuracy(model, split, *, mean, std, device, batch_size: int = 512) -> fl
     return float(MT.accuracy(logits, torch.as_tensor(np.asarray(split.labels)), num_classes=model.num_classes))
 
 
-def _odin_scores(model, images, *, mean, std, device, batch_size, temperature, epsilon) -> np.ndarray:
+def odin_pass(model, images, *, mean, std, device, batch_size, temperature, epsilon):
+    """ODIN scores of a whole uint8 array, with its logits and penultimate features: ``(scores [N] numpy, logits,
+    features)``. The logits and features come from ODIN's own unperturbed pass (:func:`greg_ood.scores.odin`,
+    ``clean``), bit for bit what :func:`forward_all` returns for the same batches, so the set is forwarded once."""
     was_training = model.training
     model.eval()
-    out = []
+    out, clean = [], []
     try:
         for x in iter_eval(images, batch_size=batch_size, device=device, mean=mean, std=std):
-            out.append(S.odin(model, x, temperature=temperature, epsilon=epsilon, channel_std=std).detach().cpu())
+            out.append(S.odin(model, x, temperature=temperature, epsilon=epsilon, channel_std=std,
+                              clean=clean).detach().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(out).numpy()
+    logits, feats = _joined([lg.float().cpu() for _, lg in clean], [z.float().cpu() for z, _ in clean])
+    return torch.cat(out).numpy(), logits, feats
 
 
 def score_arrays(model, sets: dict, *, names, mean, std, device, batch_size, odin_cfg, maha=None,
                  num_classes: int, logits_out: Optional[dict] = None) -> dict[str, dict[str, np.ndarray]]:
     """``{score: {set: array}}`` for every set (``sets`` maps name -> uint8 images) and score name.
-    ``logits_out`` (optional dict) receives each set's logits, so callers need no second forward pass."""
+    ``logits_out`` (optional dict) receives each set's logits, so callers need no second forward pass. With ODIN
+    among the scores, its pass gives the logits and features too (:func:`odin_pass`)."""
     out: dict[str, dict[str, np.ndarray]] = {n: {} for n in names}
     for set_name, images in sets.items():
-        logits, feats = forward_all(model, images, mean=mean, std=std, device=device, batch_size=batch_size)
+        if "odin" in names:
+            odin_arr, logits, feats = odin_pass(model, images, mean=mean, std=std, device=device,
+                                                batch_size=batch_size, temperature=odin_cfg.temperature,
+                                                epsilon=odin_cfg.epsilon)
+        else:
+            logits, feats = forward_all(model, images, mean=mean, std=std, device=device, batch_size=batch_size)
         if logits_out is not None:
             logits_out[set_name] = logits
         for n in names:
             if n == "odin":
-                arr = _odin_scores(model, images, mean=mean, std=std, device=device, batch_size=batch_size,
-                                   temperature=odin_cfg.temperature, epsilon=odin_cfg.epsilon)
+                arr = odin_arr
             elif n == "mahalanobis":
                 arr = maha.score(feats).cpu().numpy()
             elif n == "absent_class":

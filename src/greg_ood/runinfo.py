@@ -16,6 +16,24 @@ _PER_SUITE = ("certify", "report")
 PRETRAINED = "pretrained"
 
 
+#: folder of the stage groups that have a dvc.yaml (and dvc.lock) of their own
+PIPELINES_DIR = "pipelines"
+
+
+def dvc_file(group: str) -> str:
+    """The dvc.yaml that declares the stage group ``group`` (a name before ``@``), relative to the repository root.
+
+    The groups that grow with methods x archs x seeds (``train_<S>``, ``evaluate_<S>``, ``train_<S>_ablation``,
+    ``evaluate_<S>_ablation``) each have their own file, ``pipelines/<group>/dvc.yaml``: DVC parses and rewrites the
+    whole dvc.lock of a stage's dvc.yaml after every stage it runs, so a lock per big group keeps that rewrite a
+    fraction of one lock for all. Everything else (downloads, pretrain, select, the pretrained baseline, certify,
+    report) stays in the root ``dvc.yaml``, so ``dvc repro report_<S>`` keeps its short name."""
+    kind, _, rest = group.partition("_")
+    if kind in ("train", "evaluate") and rest and not rest.endswith("_" + PRETRAINED):
+        return f"{PIPELINES_DIR}/{group}/dvc.yaml"
+    return "dvc.yaml"
+
+
 def pretrained_experiment(suite: str, arch: str) -> str:
     """The experiment name (file stem) of the pretrained model's evaluation: ``<suite>-pretrained-<arch>``."""
     return f"{suite}-{PRETRAINED}-{arch}"
@@ -57,6 +75,14 @@ class RunInfo:
         if self.group == "ablation":
             return f"{base}_ablation@{self.label}-{self.seed}"
         return f"{base}@{self.method}-{self.arch}-{self.seed}"
+
+    @property
+    def dvc_target(self) -> str:
+        """The stage as ``dvc repro`` addresses it: its name for a stage of the root dvc.yaml, else
+        ``<file>:<name>`` (:func:`dvc_file`)."""
+        name = self.dvc_stage
+        where = dvc_file(name.split("@")[0])
+        return name if where == "dvc.yaml" else f"{where}:{name}"
 
     @property
     def run_name(self) -> str:

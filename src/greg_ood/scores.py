@@ -109,7 +109,7 @@ def channel_view(channel_std, x: torch.Tensor, name: str = "channel_std") -> Opt
 
 def odin(model: torch.nn.Module, x: torch.Tensor, temperature: float = 1000.0, epsilon: float = 0.0014,
          channel_std: Optional[Union[Sequence[float], torch.Tensor]] = None,
-         num_classes: Optional[int] = None) -> torch.Tensor:
+         num_classes: Optional[int] = None, clean: Optional[list] = None) -> torch.Tensor:
     """ODIN score (Liang et al., ICLR 2018), higher = ID; needs the model and gradient w.r.t. the input.
 
     ``x`` is the **normalised** input batch. With ``f`` the first K logits (``num_classes``, default
@@ -124,6 +124,11 @@ def odin(model: torch.nn.Module, x: torch.Tensor, temperature: float = 1000.0, e
     normalised (GReg ``detect.py`` / ODIN code). ``channel_std=None`` perturbs the normalised input by ``eps`` directly.
     Defaults T = 1000, eps = 0.0014 (GReg ``detect.py``). The model's train/eval mode is left as it is (call it in
     eval mode); parameter ``.grad`` fields are not touched. Works inside ``torch.no_grad`` / ``inference_mode``.
+
+    ``clean`` (optional list, for a model with ``features``/``head``): the unperturbed pass runs as
+    ``head(features(x))`` and its ``(features, logits)``, detached, are appended — the same values as a forward pass
+    without gradients (eval mode: the layers compute the same arithmetic), so a caller that needs them too skips a
+    second forward pass.
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -135,7 +140,12 @@ def odin(model: torch.nn.Module, x: torch.Tensor, temperature: float = 1000.0, e
     with torch.inference_mode(False), torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
         std = channel_view(channel_std, xg)
-        logits = model(xg)
+        if clean is None:
+            logits = model(xg)
+        else:
+            z = model.features(xg)
+            logits = model.head(z)
+            clean.append((z.detach(), logits.detach()))
         logits = logits[:, :K] if K is not None else logits
         pred = logits.argmax(dim=1)
         loss = F.cross_entropy(logits / temperature, pred, reduction="sum")

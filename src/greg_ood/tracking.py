@@ -140,7 +140,8 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 #: what makes a run's code or params differ from its commit (DVC outputs such as dvc.lock, metrics/, results/,
 #: reports/ and plots/ are rewritten by every run and say nothing about the code)
-CODE_PATHS = ("src", "stages", "tools", "params.yaml", "dvc.yaml", "pyproject.toml", "requirements.txt", "Makefile")
+CODE_PATHS = ("src", "stages", "tools", "params.yaml", "dvc.yaml", "pipelines/*/dvc.yaml", "pyproject.toml",
+              "requirements.txt", "Makefile")
 
 
 def git_info(root: Optional[Path] = None) -> dict[str, str]:
