@@ -119,3 +119,14 @@ def test_unknown_target_is_a_clear_error(toy):
     d, env = toy
     r = _runner(d, env, "no_such_stage", check=False)
     assert r.returncode == 2 and "cannot plan `dvc repro no_such_stage`" in r.stderr
+
+
+def test_priority_is_the_longest_chain_still_to_run():
+    from greg_ood.cli.repro import Plan, priority, short
+
+    p = Plan(order=["dl", "pre", "sel", "side", "tr", "ev", "rep"],
+             waits_for={"dl": set(), "pre": {"dl"}, "sel": {"pre"}, "tr": {"sel"}, "ev": {"tr"}, "side": {"pre"},
+                        "rep": {"ev", "side"}})
+    assert priority(p) == {"rep": 0, "ev": 1, "side": 1, "tr": 2, "sel": 3, "pre": 4, "dl": 5}
+    assert short("pipelines/train_mini/dvc.yaml:train_mini@greg-small_cnn-0") == "train_mini@greg-small_cnn-0"
+    assert short("report_mini") == "report_mini"

@@ -78,8 +78,26 @@ def plan(target: str, root: str = ".", force: bool = False) -> Plan:
                     unchanged=len(stages) - len(run))
 
 
+def short(address: str) -> str:
+    """A stage's name without its dvc.yaml (``pipelines/train_mini/dvc.yaml:train_mini@x`` -> ``train_mini@x``)."""
+    return address.rsplit(":", 1)[-1]
+
+
+def priority(p: Plan) -> dict[str, int]:
+    """Each planned stage's height: the number of planned stages on the longest chain that waits for it (the target:
+    0). Ready stages start highest first, so the chain to the target (pretrain, select, ...) is never kept waiting
+    behind stages that nothing else needs yet."""
+    height: dict[str, int] = {}
+    for name in reversed(p.order):  # downstream first
+        height.setdefault(name, 0)
+        for up in p.waits_for.get(name, ()):
+            height[up] = max(height.get(up, 0), height[name] + 1)
+    return height
+
+
 def _pump(proc: subprocess.Popen, name: str, lock: threading.Lock) -> None:
     """Print the stage's output lines, each with the stage's name in front."""
+    name = short(name)
     for line in proc.stdout:
         with lock:
             sys.stdout.write(f"[{name}] {line}" if line.strip() else line)
@@ -100,6 +118,7 @@ def run_plan(p: Plan, jobs: int, dvc: list[str], force: bool = False) -> list[tu
     Returns ``(stage, exit status)`` of the stages that failed (empty on success); after a failure no new stage
     starts."""
     env = stage_env(jobs)
+    height = priority(p)
     printing = threading.Lock()
     pending = list(p.order)
     done: set[str] = set()
@@ -108,7 +127,8 @@ def run_plan(p: Plan, jobs: int, dvc: list[str], force: bool = False) -> list[tu
     try:
         while pending or running:
             if not failed:
-                for name in [n for n in pending if p.waits_for.get(n, set()) <= done][: jobs - len(running)]:
+                ready = sorted((n for n in pending if p.waits_for.get(n, set()) <= done), key=lambda n: -height[n])
+                for name in ready[: jobs - len(running)]:
                     cmd = [*dvc, "--wait-for-lock", "repro", "--single-item", *(["--force"] if force else []), name]
                     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                             env=env, bufsize=1)
@@ -126,7 +146,8 @@ def run_plan(p: Plan, jobs: int, dvc: list[str], force: bool = False) -> list[tu
                 pump.join()
                 del running[name]
                 with printing:
-                    print(f"[{name}] {'done' if rc == 0 else f'FAILED (exit {rc})'} in {time.monotonic() - t0:.1f} s "
+                    status = "done" if rc == 0 else f"FAILED (exit {rc})"
+                    print(f"[{short(name)}] {status} in {time.monotonic() - t0:.1f} s "
                           f"({len(done) + 1 + len(failed)}/{len(p.order)})", flush=True)
                 if rc == 0:
                     done.add(name)
@@ -172,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = run_plan(p, args.jobs, dvc, force=args.force)
     if failed:
         for name, rc in failed:
-            print(f"error: stage {name} failed (exit {rc}); its output is above, prefixed [{name}]. Fix the cause "
-                  f"and run the same command again: finished stages are kept and not re-run.", file=sys.stderr)
+            print(f"error: stage {name} failed (exit {rc}); its output is above, prefixed [{short(name)}]. Fix the "
+                  f"cause and run the same command again: finished stages are kept and not re-run.", file=sys.stderr)
         return 1
     if not args.no_check:
         rc = subprocess.call([*dvc, "repro", args.target])
