@@ -112,7 +112,8 @@ def _copy_repo(d: Path) -> None:
 def expected_stages(s: dict, suite: str) -> set[str]:
     """The dvc.lock keys `dvc repro report_<suite>` must produce, from the (shrunk) suite params."""
     out = {f"download@{n}" for n in _datasets(s)}
-    out |= {f"{k}_{suite}@{a}" for a in s["archs"] for k in ("pretrain", "select")}
+    out |= {f"{k}@{a}" for a in s["archs"] for k in (f"pretrain_{suite}", f"select_{suite}",
+                                                      f"evaluate_{suite}_pretrained")}
     out |= {f"{k}_{suite}@{m}-{a}-{seed}" for m in s["methods"] for a in s["archs"] for seed in s["seeds"]
             for k in ("train", "evaluate")}
     out |= {f"{k}_{suite}_ablation@{lg}-{seed}" for lg in s["ablation"]["lambda_grad"]
@@ -220,7 +221,7 @@ def _md_rows(path: Path) -> list[dict[str, str]]:
 
 def test_every_paper_number_is_beside_ours_or_says_why_not(rehearsal):
     suite, d, _, s, _, _ = rehearsal
-    from greg_ood.report import PAPER_METHOD_NAMES, PAPER_TO_OUR_METHOD, SUITE_BENCHMARK
+    from greg_ood.report.paper import PAPER_METHOD_NAMES, PAPER_TO_OUR_METHOD, SUITE_BENCHMARK
 
     paper = pd.read_csv(d / "reports" / "paper" / "paper_numbers.csv")
     paper = paper[paper["benchmark"] == SUITE_BENCHMARK[suite]]
