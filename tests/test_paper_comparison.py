@@ -143,3 +143,14 @@ def test_non_numeric_paper_value_is_a_clear_error(tmp_path):
     paper.write_text(HEAD + "t1,cifar10,resnet18,greg,mean,fpr95,about 8,S2,\n")
     with pytest.raises(ValueError, match="non-numeric value.*leave the cell empty"):
         paper_comparison(load_results(TR.write(tmp_path, _docs())), paper, suite="cifar10")
+
+
+def test_footer_counts_the_methods_seeds_not_the_pretrained_baselines(tmp_path):
+    """The pretrained model is evaluated once (seed 0); a suite run with seed 2 alone has 1 seed, not 2."""
+    paper = tmp_path / "paper_numbers.csv"
+    paper.write_text(HEAD + "\n".join(PAPER_ROWS) + "\n")
+    docs = [TR.metrics_doc(suite="cifar10", method="greg", arch="resnet18", seed=2, fpr=0.1, sets=SETS, headline=None),
+            TR.metrics_doc(suite="cifar10", method="pretrained", arch="resnet18", seed=0, fpr=0.5, sets=SETS,
+                           headline=None, lambda_grad=0.0)]
+    t = paper_comparison(load_results(TR.write(tmp_path, docs)), paper, suite="cifar10")
+    assert "1 seed here" in t.attrs["footer"], t.attrs["footer"]
