@@ -2,4 +2,5 @@
 
     python -m greg_ood.cli.bench    step-cost benchmark (``make bench``)
     python -m greg_ood.cli.exps     tables across queued DVC experiments, read back from MLflow
+    python -m greg_ood.cli.repro    a DVC target's stages two at a time (``make mini``)
 """
