@@ -1,6 +1,6 @@
 # greg-ood — every target bootstraps the virtual environment itself.
 #   make mini    the main job: install, prepare the offline data, run the `mini` suite through DVC (JOBS=2 stages at a time)
-#   make test    the test suite (unit + real DVC/MLflow end-to-end on a tiny `mini` configuration)
+#   make test    the test suite (unit, real DVC/MLflow end to end on a tiny `mini`, the paper suites' rehearsal)
 #   make bench   speed benchmark -> reports/bench/<device>.{md,json}
 #   make fmnist  the offline evidence suite (3-4 h on 2 cores) -> reports/fmnist/
 #   make bench-pipeline  where a stage's wall time goes -> reports/bench/pipeline.{md,json}

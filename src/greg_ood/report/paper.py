@@ -15,9 +15,8 @@ import pandas as pd
 
 from .aggregate import convention_text, format_mean_std, one_convention, select_rows, signed
 from .loading import load_paper_numbers
-from ..runinfo import PRETRAINED
-from .names import (BENCHMARK_NAMES, MEAN, METHOD_NAMES, METRIC_NAMES, arch_key, arch_name, method_key, method_name,
-                    score_name, set_name)
+from .names import (BASELINE_ORDER, BENCHMARK_NAMES, MEAN, METHOD_NAMES, METRIC_NAMES, arch_key, arch_name,
+                    method_key, method_name, score_name, set_name)
 
 #: our suite -> the paper's benchmark name in paper_numbers.csv
 SUITE_BENCHMARK = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet10"}
@@ -182,7 +181,7 @@ def _caption(suite: str, bench: str, score: str, conv: str, n_sets: int) -> str:
 
 def _protocol_sentence(suite: str, d: pd.DataFrame, readme_link: str) -> str:
     """One sentence under the table: what differs between the paper's protocol and ours, with the README link."""
-    n = sorted(d.loc[d["method"] != PRETRAINED, "seed"].unique())  # the baseline's own seed is not a run of ours
+    n = sorted(d.loc[~d["method"].isin(BASELINE_ORDER), "seed"].unique())  # a baseline's own seed is not a run of ours
     return (f"A gap to the paper can come from the protocol rather than the method: {len(n)} seed"
             f"{'s' if len(n) != 1 else ''} here against the paper's unknown number of runs, second-hand paper numbers "
             f"(anchor rows: another protocol), and this project's documented departures from the official code, "
