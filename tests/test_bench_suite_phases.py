@@ -1,0 +1,58 @@
+"""tools/bench_suite_phases.py: sums per stage kind, DVC's own CPU and the work's floor, on hand-made hook records."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import bench_suite_phases as bsp  # noqa: E402
+
+
+def _rec(argv, cpu_total, **cpu):
+    return {"argv": argv, "total": cpu_total, "cpu_total": cpu_total, "phases": {}, "cpu": cpu}
+
+
+@pytest.fixture
+def log(tmp_path):
+    recs = [
+        # two training stages: work 30 + 50, evaluation inside training 2 + 2, the rest 8 + 6
+        _rec(["stages/train.py", "--suite", "mini"], 40.0, work=30.0, eval_in_training=2.0, imports=2.0),
+        _rec(["/x/stages/train.py"], 58.0, work=50.0, eval_in_training=2.0, mlflow_setup=2.5),
+        # one evaluation: work 10, rest 5
+        _rec(["stages/evaluate.py"], 15.0, work=10.0),
+        # two dvc processes: 44 and 60 s in all, of which 40 and 58 are their stage command's
+        _rec(["/venv/bin/dvc", "--wait-for-lock", "repro"], 44.0, subprocesses=40.0),
+        _rec(["/venv/bin/dvc", "repro"], 60.5, subprocesses=58.0),
+        # the runner: 4 s of its own beside its children
+        _rec(["-m", "greg_ood.cli.repro", "report_mini"], 120.0, subprocesses=116.0),
+        # pip and the like are ignored
+        _rec(["/venv/lib/pip/__main__.py", "install"], 9.0),
+    ]
+    path = tmp_path / "hook.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def test_sums_per_kind_dvc_and_floor(log):
+    s = bsp.summarize(bsp.load(log), cores=2)
+    train, ev = s["kinds"]["train"], s["kinds"]["evaluate"]
+    assert (train["n"], train["total"], train["work"], train["eval_in_training"], train["other"]) == (2, 98, 80, 4, 14)
+    assert (ev["n"], ev["work"], ev["other"]) == (1, 10, 5)
+    assert set(s["kinds"]) == {"train", "evaluate"}
+    assert s["dvc"] == pytest.approx(4.0 + 2.5) and s["dvc_processes"] == 2
+    assert s["runner"] == pytest.approx(4.0)
+    assert s["work"] == 90 and s["work_floor_s"] == 45
+    # not the work: (113 - 90) in the stages + 6.5 DVC + 4 runner, over 3 stages
+    assert s["overhead_per_stage"] == pytest.approx((23 + 6.5 + 4) / 3)
+
+
+def test_writes_markdown_and_json(log, tmp_path):
+    bsp.main([str(log), "--cores", "2", "--wall", "90", "--out", str(tmp_path / "r" / "phases")])
+    md = (tmp_path / "r" / "phases.md").read_text()
+    assert "| train | 2 | 98 | 80 | 4 | 14 | 7.0 |" in md
+    assert "90 s CPU / 2 cores = 45 s" in md
+    data = json.loads((tmp_path / "r" / "phases.json").read_text())
+    assert data["wall"] == 90 and data["work_floor_s"] == 45
