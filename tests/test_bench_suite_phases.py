@@ -26,8 +26,8 @@ def log(tmp_path):
         # two dvc processes: 44 and 60 s in all, of which 40 and 58 are their stage command's
         _rec(["/venv/bin/dvc", "--wait-for-lock", "repro"], 44.0, subprocesses=40.0),
         _rec(["/venv/bin/dvc", "repro"], 60.5, subprocesses=58.0),
-        # the runner: 4 s of its own beside its children
-        _rec(["-m", "greg_ood.cli.repro", "report_mini"], 120.0, subprocesses=116.0),
+        # the runner: 4 s of its own beside its children, who include shells and git without a record
+        _rec(["/src/greg_ood/cli/repro.py", "report_mini"], 127.5, subprocesses=123.5),
         # pip and the like are ignored
         _rec(["/venv/lib/pip/__main__.py", "install"], 9.0),
     ]
@@ -45,8 +45,10 @@ def test_sums_per_kind_dvc_and_floor(log):
     assert s["dvc"] == pytest.approx(4.0 + 2.5) and s["dvc_processes"] == 2
     assert s["runner"] == pytest.approx(4.0)
     assert s["work"] == 90 and s["work_floor_s"] == 45
-    # not the work: (113 - 90) in the stages + 6.5 DVC + 4 runner, over 3 stages
-    assert s["overhead_per_stage"] == pytest.approx((23 + 6.5 + 4) / 3)
+    # the runner's children (120 s in all) hold 4 s of processes without a record beyond 113 + 6.5 + 4 (Python)
+    assert s["python"] == pytest.approx(123.5) and s["all"] == 127.5 and s["unrecorded"] == pytest.approx(4.0)
+    # all but the work: 127.5 s in all - 90 s of work, over 3 stages
+    assert s["overhead_per_stage"] == pytest.approx(37.5 / 3)
 
 
 def test_writes_markdown_and_json(log, tmp_path):
@@ -56,3 +58,11 @@ def test_writes_markdown_and_json(log, tmp_path):
     assert "90 s CPU / 2 cores = 45 s" in md
     data = json.loads((tmp_path / "r" / "phases.json").read_text())
     assert data["wall"] == 90 and data["work_floor_s"] == 45
+
+
+def test_without_a_runner_record_the_python_processes_are_the_total(tmp_path):
+    path = tmp_path / "hook.jsonl"
+    path.write_text(json.dumps(_rec(["stages/evaluate.py"], 15.0, work=10.0)) + "\n"
+                    + json.dumps(_rec(["/venv/bin/dvc", "repro"], 18.0, subprocesses=15.0)) + "\n")
+    s = bsp.summarize(bsp.load(path), cores=1)
+    assert s["all"] == s["python"] == 18.0 and s["unrecorded"] == 0 and s["overhead_per_stage"] == 8.0

@@ -35,7 +35,7 @@ def load(log: Path) -> dict:
         elif Path(argv[0]).name == "dvc" or argv[0].endswith("dvc/__main__.py"):
             dvc.append({"argv": argv, "own_cpu": own})
         elif "greg_ood.cli.repro" in " ".join(argv) or argv[0].endswith("cli/repro.py"):
-            runner.append({"argv": argv, "own_cpu": own})
+            runner.append({"argv": argv, "own_cpu": own, "cpu_total": rec["cpu_total"]})
     return {"stages": stages, "dvc": dvc, "runner": runner}
 
 
@@ -56,11 +56,15 @@ def summarize(data: dict, cores: int) -> dict:
     work = sum(k["work"] for k in kinds.values())
     dvc = sum(d["own_cpu"] for d in data["dvc"])
     runner = sum(d["own_cpu"] for d in data["runner"])
+    python = stage_total + dvc + runner
+    # the runner waited for every process of the run: its children's CPU also counts the shells and git that DVC
+    # starts, which write no record; without a runner record, the Python processes are all we know
+    everything = max(python, sum(d["cpu_total"] for d in data["runner"]))
     return {"kinds": kinds, "stage_processes": stage_total, "work": work,
             "eval_in_training": sum(k["eval_in_training"] for k in kinds.values()),
             "dvc": dvc, "dvc_processes": len(data["dvc"]), "runner": runner, "cores": cores,
-            "all": stage_total + dvc + runner, "work_floor_s": work / cores,
-            "overhead_per_stage": (stage_total - work + dvc + runner) / max(1, sum(k["n"] for k in kinds.values()))}
+            "python": python, "all": everything, "unrecorded": everything - python, "work_floor_s": work / cores,
+            "overhead_per_stage": (everything - work) / max(1, sum(k["n"] for k in kinds.values()))}
 
 
 def render(s: dict, wall: float | None, note: str) -> str:
@@ -79,8 +83,8 @@ def render(s: dict, wall: float | None, note: str) -> str:
               f"{s['stage_processes'] - s['work'] - s['eval_in_training']:.0f} | "
               f"{(s['stage_processes'] - s['work'] - s['eval_in_training']) / n:.1f} |", "",
               f"DVC's own CPU ({s['dvc_processes']} `dvc` processes): {s['dvc']:.0f} s; the runner's own: "
-              f"{s['runner']:.0f} s. Everything: {s['all']:.0f} s CPU; not the work: "
-              f"{s['overhead_per_stage']:.1f} s per stage.", "",
+              f"{s['runner']:.0f} s; processes that write no record (shells, git): {s['unrecorded']:.0f} s. "
+              f"Everything: {s['all']:.0f} s CPU; all but the work: {s['overhead_per_stage']:.1f} s per stage.", "",
               f"**Floor set by the work**: {s['work']:.0f} s CPU / {s['cores']} cores = {s['work_floor_s']:.0f} s "
               f"({m(s['work_floor_s'])}): the suite's wall time if every other second of CPU were removed and the "
               f"cores were never idle."]
