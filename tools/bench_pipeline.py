@@ -161,7 +161,8 @@ def link_artifacts(src: Path, clone: Path) -> None:
     """Hard-link the upstream stages' outputs (:data:`ARTIFACTS`) of ``src`` into ``clone``."""
     for rel in ARTIFACTS:
         if not (src / rel).is_dir():
-            raise SystemExit(f"{src / rel}: missing; --artifacts must hold {', '.join(ARTIFACTS)} of the tiny suite")
+            raise SystemExit(f"{src / rel}: missing; the source checkout must hold {', '.join(ARTIFACTS)} "
+                             "of the suite measured (run its pipeline there first)")
         shutil.copytree(src / rel, clone / rel, copy_function=_link_new, dirs_exist_ok=True)
 
 

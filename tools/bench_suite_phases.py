@@ -69,7 +69,7 @@ def summarize(data: dict, cores: int) -> dict:
 
 def render(s: dict, wall: float | None, note: str) -> str:
     m = lambda x: f"{x / 60:.1f} min"  # noqa: E731
-    lines = [f"# Whole-suite CPU by phase", "", f"Machine: {cpu_name()}, {s['cores']} logical CPUs. {note}".rstrip(), "",
+    lines = ["# Whole-suite CPU by phase", "", f"Machine: {cpu_name()}, {s['cores']} logical CPUs. {note}".rstrip(), "",
              "CPU seconds (user + system) summed over the stage processes of each kind; work = training steps / "
              "scoring / preparing a dataset; eval in training = the per-epoch ID accuracy; rest = start-up, imports, "
              "config, data loading, MLflow, hashing, writing.", "",
