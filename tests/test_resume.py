@@ -87,8 +87,16 @@ def kill_resume_compare(base: Path, n_kills: int, seed: int = 1234, driver_args=
         "status": runs_k[0].info.status,
         "curves_differ": [k for k in hist_ref if sorted(hist_k[k]) != sorted(hist_ref[k])
                           or len(set(hist_k[k])) != len(hist_k[k])],
-        "csv_identical": (killed / "out" / "train.csv").read_text() == (ref / "out" / "train.csv").read_text(),
+        "csv_identical": (killed / "out" / "train.csv").read_bytes() == (ref / "out" / "train.csv").read_bytes(),
+        "csv_steps": {name: _csv_steps(d / "out" / "train.csv") for name, d in (("ref", ref), ("killed", killed))},
     }
+
+
+def _csv_steps(path: Path) -> list[int]:
+    """The step column of a training CSV, in file order."""
+    import csv
+
+    return [int(r["step"]) for r in csv.DictReader(path.open(newline=""))]
 
 
 def test_sigkill_at_random_points_resumes_identically(tmp_path):
@@ -98,6 +106,8 @@ def test_sigkill_at_random_points_resumes_identically(tmp_path):
     assert res["mlflow_runs"] == 1 and res["status"] == "FINISHED", "a resumed run must continue the same run"
     assert res["curves_differ"] == [], "MLflow curves have gaps or duplicate steps"
     assert res["csv_identical"]
+    for name, steps in res["csv_steps"].items():  # one row per step, uninterrupted and resumed alike
+        assert steps == sorted(set(steps)), (name, steps)
 
 
 def test_nan_loss_stops_with_step_and_components_and_keeps_checkpoint(tmp_path):

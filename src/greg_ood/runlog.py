@@ -31,12 +31,46 @@ CSV_FIELDS = ["step", "epoch", "lr", "ce", "energy", "oe", "abs", "grad", "total
               "energy_id_p5", "energy_id_p50", "energy_id_p95", "energy_aux_p5", "energy_aux_p50", "energy_aux_p95"]
 
 
+def rows_by_step(history: list) -> list[tuple[dict, int]]:
+    """The metric log ``[[row, step], ...]`` with one entry per step: consecutive entries of the same step (a step's
+    row and the epoch-end ID accuracy logged after it) merged into one row, later values filling in."""
+    out: list[tuple[dict, int]] = []
+    for row, step in history:
+        if out and out[-1][1] == step:
+            out[-1] = ({**out[-1][0], **row}, step)
+        else:
+            out.append((dict(row), int(step)))
+    return out
+
+
 def write_curve(path: Path, history: list) -> None:
-    """Write the metric log ``[[row, step], ...]`` as the training CSV (atomically: old or new, never partial)."""
+    """Write the metric log ``[[row, step], ...]`` as the training CSV, one row per step (:func:`rows_by_step`),
+    atomically: old or new, never partial."""
     with atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
-        w.writerows({**{k: row.get(k, "") for k in CSV_FIELDS}, "step": step} for row, step in history)
+        w.writerows({**{k: row.get(k, "") for k in CSV_FIELDS}, "step": step} for row, step in rows_by_step(history))
+
+
+def convert_old_curve(text: str) -> str:
+    """A training CSV of the old format (a second row for each epoch's last step, holding only ``id_test_acc``) in
+    the current one-row-per-step format: consecutive rows of the same step merged, a non-empty cell filling in an
+    empty one. Deterministic; a CSV already in the new format comes back unchanged."""
+    import io
+
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    fields = list(reader.fieldnames or [])
+    merged: list[dict] = []
+    for row in reader:
+        if merged and merged[-1]["step"] == row["step"]:
+            merged[-1].update({k: v for k, v in row.items() if v != ""})
+        else:
+            merged.append(dict(row))
+    out = io.StringIO(newline="")
+    w = csv.DictWriter(out, fieldnames=fields)
+    w.writeheader()
+    w.writerows(merged)
+    return out.getvalue()
 
 
 @dataclass(frozen=True)
