@@ -4,8 +4,9 @@
     ... (replaced by the file's content) ...
     <!-- /generated -->
 
-`python tools/readme_sync.py` rewrites README.md in place; `--check` exits 1 when a block differs from its file
-(`tests/test_readme.py` runs the check). A block whose file does not exist is an error, unless its marker ends in
+`python tools/readme_sync.py` rewrites README.md and the pages in ``SYNCED`` (docs/results.md) in place; `--check`
+exits 1 when a block differs from its file (`tests/test_readme.py` runs the check). A marker's path is relative to the
+repository root, whichever page holds it. A block whose file does not exist is an error, unless its marker ends in
 ` pending` (`<!-- generated: reports/x.md pending -->`, for a file the next run of its stage writes): its body then
 says that the file is not generated yet, so the README never shows numbers that no file holds.
 """
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SYNCED = ("README.md", "docs/results.md")
 BLOCK = re.compile(r"(<!-- generated: (?P<path>[^ ]+)(?P<pending> pending)? -->\n)(?P<body>.*?)(<!-- /generated -->)",
                    re.S)
 
@@ -39,22 +41,30 @@ def sync(text: str, root: Path = ROOT) -> str:
     return BLOCK.sub(fill, text)
 
 
+def sync_file(path: Path, root: Path, check: bool) -> bool:
+    """Bring ``path``'s generated blocks up to date (or only compare, with ``check``); True when it was current."""
+    old = path.read_text()
+    new = sync(old, root)
+    if new == old:
+        return True
+    if check:
+        print(f"{path}: generated blocks are out of date; run `python tools/readme_sync.py`", file=sys.stderr)
+    else:
+        path.write_text(new)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--check", action="store_true", help="only check; exit 1 when the README is out of date")
-    ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    ap.add_argument("--check", action="store_true", help="only check; exit 1 when a page is out of date")
+    ap.add_argument("--readme", help="sync this one file (marker paths relative to its folder) instead of the pages")
     args = ap.parse_args(argv)
-    path = Path(args.readme)
-    old = path.read_text()
-    new = sync(old, path.parent)
-    if args.check:
-        if new != old:
-            print(f"{path}: generated blocks are out of date; run `python tools/readme_sync.py`", file=sys.stderr)
-            return 1
-        return 0
-    if new != old:
-        path.write_text(new)
-    return 0
+    if args.readme:
+        pages = [(Path(args.readme), Path(args.readme).parent)]
+    else:
+        pages = [(ROOT / p, ROOT) for p in SYNCED]
+    current = [sync_file(path, root, args.check) for path, root in pages]
+    return 0 if all(current) or not args.check else 1
 
 
 if __name__ == "__main__":
