@@ -10,7 +10,7 @@ from typing import Optional
 from greg_ood import openood_eval, pipeline, registry, tracking
 from greg_ood.evaluation import evaluate
 from greg_ood.io import write_json_atomic, write_npz_atomic
-from greg_ood.runinfo import PRETRAINED, RunInfo, eval_metrics, pretrained_experiment
+from greg_ood.runinfo import PRETRAINED, RunInfo, eval_metrics, pretrained_experiment, summary_metrics
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def main() -> None:
         write_json_atomic(P.roc(args.suite, name),
                           [{"fpr": p["fpr"], "tpr": p["tpr"], "set": head} for p in roc[head]])
         write_json_atomic(P.roc_all(args.suite, name), roc)
-        run.log_metrics(eval_metrics(results, head, primary))
+        run.log_metrics({**summary_metrics(results, head, primary), **eval_metrics(results, head, primary)})
         run.log_metrics(openood_eval.mlflow_metrics(full))
         run.log_file(P.results(args.suite, name), "results.json")
         print(f"{info.dvc_stage}: ID acc {_pct(summary['id_accuracy'])} | {primary} on {head}: FPR95 "

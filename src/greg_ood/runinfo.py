@@ -90,6 +90,8 @@ class RunInfo:
         lead = []
         if self.stage == "download":
             return f"download · {self.dataset}"
+        if self.stage == "pretrain":  # the cross-entropy model every method fine-tunes, not a method's run
+            return f"pretrain · cross-entropy · s{self.seed} ({self.suite}, {self.arch})"
         if self.method is not None:
             lead.append(self.method + (f" λ={self.label}" if self.group == "ablation" else ""))
         if self.seed is not None:
@@ -156,3 +158,13 @@ def eval_metrics(results: dict, headline: str, primary: str) -> dict[str, float]
         for st, m in d["per_set"].items():
             out.update({f"eval/{sc}/{st}/{k}": v for k, v in m.items()})
     return out
+
+
+def summary_metrics(results: dict, headline: str, primary: str) -> dict[str, float]:
+    """The few numbers a reader looks for first, in % rounded to 2 decimals (MLflow's ``summary/`` group):
+    ``summary/fpr95`` and ``summary/auroc`` on the suite's headline set with the primary score, their mean over
+    every OOD set (``summary/mean_fpr95``, ``summary/mean_auroc``) and ``summary/id_acc``."""
+    head = results["scores"][primary]["per_set"][headline]
+    raw = {"fpr95": head["fpr95"], "auroc": head["auroc"], "mean_fpr95": results["fpr95"],
+           "mean_auroc": results["auroc"], "id_acc": results["id_accuracy"]}
+    return {f"summary/{k}": round(100 * v, 2) for k, v in raw.items()}

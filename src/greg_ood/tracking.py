@@ -237,11 +237,26 @@ def _val(v: Any) -> str:
     return s[:6000]
 
 
+#: MLflow 3's experiment-kind tag and the value of a classic (non-GenAI) experiment: with it, the UI opens the
+#: experiment on its runs table instead of the GenAI traces overview
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def mark_classic(client, exp) -> bool:
+    """Tag the experiment ``exp`` as a classic ML experiment (:data:`EXPERIMENT_KIND`) unless it is; True if it
+    was changed."""
+    key, value = EXPERIMENT_KIND
+    if (exp.tags or {}).get(key) == value:
+        return False
+    _retry(client.set_experiment_tag, exp.experiment_id, key, value)
+    return True
+
+
 def _experiment_id(client, name: str) -> str:
     exp = _retry(client.get_experiment_by_name, name)
     if exp is not None:
         return exp.experiment_id
-    kwargs = {}
+    kwargs = {"tags": {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1]}}
     uri = tracking_uri()
     if uri.startswith("sqlite:"):
         kwargs["artifact_location"] = (repo_root() / "mlruns" / name.replace("/", "_")).as_uri()
@@ -300,6 +315,7 @@ def stage_run(info: RunInfo, *, params: Optional[dict] = None, resume_run_id: Op
         exp_id = _experiment_id(client, f"{experiment_prefix}/{suite}")
         exp = _retry(client.get_experiment, exp_id)
         _check_location(exp.artifact_location, f"experiment {exp.name!r}", root)
+        mark_classic(client, exp)
         tags = {"mlflow.runName": info.run_name, "mlflow.note.content": info.description,
                 "dvc.stage": info.dvc_stage, "stage": info.stage, "suite": suite, **info.identity()}
         tags.update(git_info())
@@ -385,12 +401,18 @@ def params_hash(d: dict) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """``python -m greg_ood.tracking relocate``: rewrite the local store's artifact locations to this clone."""
+    """``python -m greg_ood.tracking relocate``: rewrite the local store's artifact locations to this clone.
+    ``python -m greg_ood.tracking classic``: tag every experiment of the store as a classic ML experiment (MLflow 3
+    then opens it on the runs table)."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m greg_ood.tracking", description=main.__doc__)
-    ap.add_argument("command", choices=["relocate"])
-    ap.parse_args(argv)
+    ap.add_argument("command", choices=["relocate", "classic"])
+    if ap.parse_args(argv).command == "classic":
+        client = make_client()
+        n = sum(mark_classic(client, e) for e in _retry(client.search_experiments, max_results=1000))
+        print(f"{n} experiment(s) newly tagged {EXPERIMENT_KIND[0]}={EXPERIMENT_KIND[1]}")
+        return
     try:
         n = relocate()
     except TrackingError as e:
