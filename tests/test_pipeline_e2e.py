@@ -9,7 +9,6 @@ leaves dvc.lock unchanged; then changes lambda_grad and checks that only the GRe
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -20,41 +19,12 @@ import pytest
 import yaml
 
 from greg_ood.codedeps import closure_relative
-from greg_ood.dvcgen import dvc_files
 from greg_ood.runinfo import dvc_file
+from tools import scratch_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-
-# small enough for CI on 2 cores, large enough that ID accuracy and digits separation are meaningful
-TINY = {
-    "datasets.skimage_crops.count": 4000,
-    "datasets.textures.count": 400,
-    "datasets.gaussian_noise.count": 400,
-    "datasets.uniform_noise.count": 400,
-    "suites.mini.seeds": [0],
-    "suites.mini.pretrain.epochs": 1,
-    "suites.mini.pretrain.steps_per_epoch": 120,
-    "suites.mini.train.epochs": 1,
-    "suites.mini.train.steps_per_epoch": 24,
-    "suites.mini.train.checkpoint_every": 10,
-    "suites.mini.train.gradnorm_every": 8,
-    "suites.mini.select.n_clusters": 50,
-    "suites.mini.eval.mahalanobis_fit_count": 1500,
-    "suites.mini.ablation.lambda_grad": [0.0],
-    "suites.mini.ablation.seeds": [0],
-    "suites.mini.certify.count": 100,
-}
-
-
-def _set(raw: dict, dotted: str, value) -> None:
-    keys = dotted.split(".")
-    cur = raw
-    for k in keys[:-1]:
-        cur = cur[k]
-    cur[keys[-1]] = value
-
 
 def _sh(args, cwd, env, timeout=1500, check=True):
     r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -67,29 +37,7 @@ def _sh(args, cwd, env, timeout=1500, check=True):
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     d = tmp_path_factory.mktemp("pipeline")
-    for name in ("stages", "src", "reports/paper"):
-        shutil.copytree(ROOT / name, d / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, d / name)
-    for f in dvc_files(ROOT)[1:]:  # the stage groups with a dvc.yaml of their own
-        (d / f.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(f, d / f.relative_to(ROOT))
-    (d / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):
-        shutil.copy(ROOT / ".dvc" / name, d / ".dvc" / name)
-    shutil.copytree(ROOT / ".dvc" / "plots", d / ".dvc" / "plots")
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for k, v in TINY.items():
-        _set(raw, k, v)
-    (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.update({"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "PYTHONPATH": str(d / "src"), "DVC_NO_ANALYTICS": "1",
-                "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-                "GIT_COMMITTER_EMAIL": "t@t"})
-    _sh(["git", "init", "-q"], d, env)
-    _sh(["git", "add", "-A"], d, env)
-    _sh(["git", "commit", "-qm", "tiny mini pipeline"], d, env)
+    env = scratch_repo.build(d)
     # as `make mini` runs it: every stage by `dvc repro -s`, two at a time; test_fresh_rerun_leaves_dvc_lock_unchanged
     # re-runs stages one at a time with plain `dvc repro` and compares the locks byte for byte
     r = _sh([str(BIN / "python"), "-m", "greg_ood.cli.repro", "report_mini", "--jobs", "2"], d, env, timeout=3600)

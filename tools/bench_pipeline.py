@@ -45,8 +45,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = ROOT / "tools" / "bench_hook"
-sys.path.insert(0, str(ROOT / "tests"))
-from test_pipeline_e2e import TINY, _set  # noqa: E402 - the tiny configuration the end-to-end test runs
+sys.path.insert(0, str(ROOT))
+from tools.scratch_repo import TINY, set_dotted  # noqa: E402 - the tiny configuration the end-to-end test runs
 
 PHASES = ["start", "imports", "config", "setup", "data", "model_load", "resume_check", "work", "eval_in_training",
           "mlflow_setup", "tracking", "checkpoint", "writing", "other", "subprocesses"]
@@ -114,7 +114,7 @@ def make_clone(rev: str, base: Path) -> tuple[str, Path]:
     timed(["git", "checkout", "-q", sha], dest, env)
     raw = yaml.safe_load((dest / "params.yaml").read_text())
     for k, v in {**TINY, **BENCH_OVERRIDES}.items():
-        _set(raw, k, v)
+        set_dotted(raw, k, v)
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     timed(["git", "commit", "-qam", "tiny mini configuration"], dest, env)
     return sha, dest
