@@ -68,17 +68,17 @@ test-fast: setup
 	$(BIN)/python -m pytest -q tests -m "not slow"
 
 bench: setup
-	$(BIN)/python -m greg_ood.cli.bench --out reports/bench
+	$(BIN)/python -m bench.step_cost --out reports/bench
 
 bench-pipeline: setup
-	$(BIN)/python tools/bench_pipeline.py $(if $(BEFORE),--rev $(BEFORE)) --rev HEAD --out reports/bench
+	$(BIN)/python -m bench.pipeline $(if $(BEFORE),--rev $(BEFORE)) --rev HEAD --out reports/bench
 
 # paste the generated result tables into README.md (tests/test_readme.py checks they match)
 readme: setup
 	$(BIN)/python tools/readme_sync.py
 # on a machine without CUDA: one line saying so, then the CPU smoke run of the same script (exit 0)
 gpu-check: setup
-	$(BIN)/python -m greg_ood.cli.gpu_check --out reports/bench
+	$(BIN)/python -m bench.gpu_check --out reports/bench
 
 PORT ?= 5000
 mlflow-ui: setup

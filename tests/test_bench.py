@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from greg_ood.cli import bench
+from bench import step_cost as bench
 
 
 def test_bench_smoke_runs_and_writes_reports(tmp_path):

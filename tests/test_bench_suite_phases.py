@@ -1,14 +1,11 @@
-"""tools/bench_suite_phases.py: sums per stage kind, DVC's own CPU and the work's floor, on hand-made hook records."""
+"""bench/suite_phases.py: sums per stage kind, DVC's own CPU and the work's floor, on hand-made hook records."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import bench_suite_phases as bsp  # noqa: E402
+from bench import suite_phases as bsp
 
 
 def _rec(argv, cpu_total, **cpu):

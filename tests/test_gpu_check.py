@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import yaml
 import torch
 
 from greg_ood import config as C
-from greg_ood.cli import gpu_check as G
+from bench import gpu_check as G
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,8 +48,9 @@ def test_projection_arithmetic_with_known_step_times():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 def test_without_cuda_says_so_and_runs_the_smoke_path(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "greg_ood.cli.gpu_check", "--out", str(tmp_path), "--params",
-                        str(ROOT / "params.yaml")], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # `bench` is a folder of the repository, not of the package
+    r = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--out", str(tmp_path), "--params",
+                        str(ROOT / "params.yaml")], capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     first = r.stdout.splitlines()[0]
     assert first.startswith("gpu-check: no CUDA device") and "--device cpu --smoke" in first

@@ -10,13 +10,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import losses as L
-from .. import methods as M
-from .. import models as MD
-from .. import sampling as S
-from ..scores import energy as energy_of
-from .bench_measure import PeakMemory, is_oom, median, sync, timeit
-from .bench_official import official_penalty, official_select, official_select_from, pil_batch, pil_transform
+from greg_ood import losses as L
+from greg_ood import methods as M
+from greg_ood import models as MD
+from greg_ood import sampling as S
+from greg_ood.scores import energy as energy_of
+from .measure import PeakMemory, is_oom, median, sync, timeit
+from .official import official_penalty, official_select, official_select_from, pil_batch, pil_transform
 
 MODELS = {"small_cnn": (1, 28), "wrn40_2": (3, 32), "resnet18": (3, 32), "densenet100": (3, 32)}
 TARGETS = {"greg_over_energy": 1.15 * 3.3, "greg_over_official": 0.75, "sampling_frac": 0.10, "sampler_speedup": 5.0,
@@ -29,7 +29,7 @@ STD = {1: [0.353], 3: [0.247, 0.243, 0.262]}
 
 def bench_model(name: str, device: torch.device, *, B: int, C: int, k: int, warmup: int, repeats: int,
                 amp: bool, eval_batches: int, eval_bs: int, sampler_repeats: int, log=print) -> dict:
-    from ..data import DeviceArraySource
+    from greg_ood.data import DeviceArraySource
 
     channels, size = MODELS[name]
     torch.manual_seed(0)

@@ -10,13 +10,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..scores import energy as energy_of
+from greg_ood.scores import energy as energy_of
 
 
 def pil_transform(size: int, mean, std):
     """The official training transform, per sample on PIL images: random crop with padding, flip, ToTensor,
     Normalize."""
-    from .._torchvision_compat import import_torchvision
+    from greg_ood._torchvision_compat import import_torchvision
 
     T = import_torchvision().transforms
     return T.Compose([T.RandomCrop(size, padding=4 if size >= 32 else 2), T.RandomHorizontalFlip(), T.ToTensor(),

@@ -7,7 +7,7 @@ order alternates between methods), with ``OMP_WAIT_POLICY=PASSIVE`` as ``greg_oo
 each process's wall and CPU time and the md5 of each model file written, and writes ``<out>.md`` and ``<out>.json``
 with the machine named::
 
-    python tools/bench_side_by_side.py --repo . --method greg --method greg_plus --out reports/bench/side-by-side
+    python -m bench.side_by_side --repo . --method greg --method greg_plus --out reports/bench/side-by-side
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from bench_pipeline import ROOT, cpu_name, link_artifacts
+from .pipeline import ROOT, cpu_name, link_artifacts
 
 SUITE, ARCH = "mini", "small_cnn"
 

@@ -1,4 +1,4 @@
-"""Phase timer for ``tools/bench_pipeline.py``: loaded by Python at start-up when this folder is on PYTHONPATH and
+"""Phase timer for ``bench/pipeline.py``: loaded by Python at start-up when this folder is on PYTHONPATH and
 ``GREG_OOD_BENCH_OUT`` names a JSON-lines file. Inert otherwise (and never imported by the project itself).
 
 It wraps a fixed list of library functions (``TARGETS`` below, by module and qualified name) as their modules are

@@ -1,12 +1,12 @@
-"""Where a whole suite's CPU time goes, from a real run with the phase timer on (``tools/bench_hook``).
+"""Where a whole suite's CPU time goes, from a real run with the phase timer on (``bench/hook``).
 
 Run any suite command with the hook on, then summarise its records::
 
-    PYTHONPATH=tools/bench_hook GREG_OOD_BENCH_OUT=/tmp/mini.jsonl make mini
-    python tools/bench_suite_phases.py /tmp/mini.jsonl --wall 1504 --out reports/bench/make-mini-phases
+    PYTHONPATH=bench/hook GREG_OOD_BENCH_OUT=/tmp/mini.jsonl make mini
+    python -m bench.suite_phases /tmp/mini.jsonl --wall 1504 --out reports/bench/make-mini-phases
 
 The hook appends one record per Python process at its exit. Stage processes (``stages/<x>.py``) are split into their
-phases as in ``tools/bench_pipeline.py``; a ``dvc`` process's own CPU is its total minus the children it waited for
+phases as in ``bench/pipeline.py``; a ``dvc`` process's own CPU is its total minus the children it waited for
 (the stage command), and so is the runner's (``greg_ood.cli.repro``). The summary gives, per stage kind, the CPU of
 the work (training steps, scoring, preparing a dataset), of the evaluation inside training, and of everything else,
 and the floor the work sets on the wall time: work CPU / cores, the time the suite would take if the cores did
@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from bench_pipeline import KINDS, PHASES, SCRIPT_KIND, cpu_name
+from .pipeline import KINDS, PHASES, SCRIPT_KIND, cpu_name
 
 
 def load(log: Path) -> dict:

@@ -1,6 +1,6 @@
 """Step-cost benchmark of the method core on the current device.
 
-    python -m greg_ood.cli.bench [--quick] [--smoke] [--out reports/bench] [--models small_cnn wrn40_2 ...] [--amp]
+    python -m bench.step_cost [--quick] [--smoke] [--out reports/bench] [--models small_cnn wrn40_2 ...] [--amp]
 
 For each model (small_cnn at 28x28x1; wrn40_2, resnet18, densenet100 at 32x32x3; K = 10) it measures the median
 wall-clock seconds per training step (warm-up excluded) of
@@ -40,9 +40,9 @@ from typing import Optional
 
 import torch
 
-from .bench_measure import device_slug, machine_info, rss, write_result
-from .bench_report import write_markdown
-from .bench_steps import MODELS, TARGETS, bench_model
+from .measure import device_slug, machine_info, rss, write_result
+from .report import write_markdown
+from .steps import MODELS, TARGETS, bench_model
 
 
 def run(*, quick: bool = False, smoke: bool = False, out: Optional[Path] = Path("reports/bench"),
@@ -162,7 +162,7 @@ def _run(*, quick, smoke, out, models, device, amp, repeats, warmup, batch, merg
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m greg_ood.cli.bench", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench.step_cost", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats (1 warm-up + 3 timed steps)")
     ap.add_argument("--smoke", action="store_true", help="tiny batches, small_cnn only: checks that it runs")

@@ -1,10 +1,10 @@
 """GPU check: the numbers a GPU user needs before starting the paper suites, in one command of a few minutes.
 
-    python -m greg_ood.cli.gpu_check [--device auto|cuda|cuda:N|cpu] [--smoke] [--out reports/bench]
+    python -m bench.gpu_check [--device auto|cuda|cuda:N|cpu] [--smoke] [--out reports/bench]
 
 Writes ``<out>/gpu-check.{json,md}`` (``gpu-check-smoke.*`` with ``--smoke``) with
 
-1. the step benchmark of ``make bench`` (:mod:`greg_ood.cli.bench`: energy / GReg / GReg+ steps against the
+1. the step benchmark of ``make bench`` (:mod:`bench.step_cost`: energy / GReg / GReg+ steps against the
    official-style steps, our sampler against scikit-learn, evaluation throughput) for WRN-40-2, ResNet-18 and
    DenseNet-100 at the paper's CIFAR fine-tuning batch (``suites.cifar10.train.batch_size``, 64 ID + 6x candidates);
 2. bf16 autocast against fp32 on the same batch and weights, per model: the loss components (CE, energy, GReg
@@ -36,16 +36,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import config as C
-from .. import losses as L
-from .. import methods as M
-from .. import models as MD
-from .. import registry
-from ..data import DATASETS, DeviceArraySource
-from ..scores import energy as energy_of
-from . import bench
-from .bench_measure import machine_info, median, sync, timeit, write_result
-from .bench_official import official_penalty, official_select, pil_batch, pil_transform
+from greg_ood import config as C
+from greg_ood import losses as L
+from greg_ood import methods as M
+from greg_ood import models as MD
+from greg_ood import registry
+from greg_ood.data import DATASETS, DeviceArraySource
+from greg_ood.scores import energy as energy_of
+from . import step_cost
+from .measure import machine_info, median, sync, timeit, write_result
+from .official import official_penalty, official_select, pil_batch, pil_transform
 from .gpu_check_report import write_markdown
 
 #: bf16 autocast is accepted when every loss component is within ``loss_rtol`` (relative) of fp32 and the flattened
@@ -292,9 +292,9 @@ def run(device: torch.device, *, smoke: bool, out: Optional[Path], params: Path 
     t0 = time.time()
     result = {"machine": machine_info(device), "smoke": smoke, "suite": SUITE, "batch": batch,
               "bf16_tolerance": BF16_TOL}
-    result["bench"] = bench.run(device=str(device), smoke=smoke, out=None, models=sizes["models"],
+    result["bench"] = step_cost.run(device=str(device), smoke=smoke, out=None, models=sizes["models"],
                                 batch=None if smoke else batch, log=log)
-    result["bf16"] = {a: bf16_check(a, device, batch, *bench.MODELS[a]) for a in sizes["models"]}
+    result["bf16"] = {a: bf16_check(a, device, batch, *step_cost.MODELS[a]) for a in sizes["models"]}
     result["bf16_verdict"] = ("bf16 autocast is within tolerance for every model" if
                               all(v["pass"] for v in result["bf16"].values()) else
                               "bf16 autocast is NOT within tolerance: keep fp32 training")
@@ -317,7 +317,7 @@ def run(device: torch.device, *, smoke: bool, out: Optional[Path], params: Path 
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m greg_ood.cli.gpu_check", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (auto: CUDA when present)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every part runs")

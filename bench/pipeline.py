@@ -1,12 +1,12 @@
 """Pipeline benchmark: where the wall time and the CPU time of a DVC stage go (``make bench-pipeline``).
 
-For each git revision given (default: HEAD), a scratch clone at that revision gets the tiny `mini` configuration of
-``tests/test_pipeline_e2e.py`` (a few dozen training steps per stage, so the start-up and bookkeeping around the work
-dominate) with one torch thread, and the outputs of the stages upstream of the measured ones (prepared data, the
-pretrained model, the selection), hard-linked from a first, unmeasured ``dvc repro`` (or from ``--artifacts``). Then,
-with ``tools/bench_hook`` on PYTHONPATH, which records per stage process and phase the wall and CPU time (start-up,
-imports, config, data loading, model loading, input/code hashing, the work, evaluation inside training, MLflow set-up,
-other tracking, checkpoint and output writes; see ``tools/bench_hook/sitecustomize.py``):
+For each git revision given (default: HEAD), a scratch clone at that revision gets the end-to-end test's tiny `mini`
+configuration (``TINY`` in ``tools/scratch_repo.py``: a few dozen training steps per stage, so the start-up and
+bookkeeping around the work dominate) with one torch thread, and the outputs of the stages upstream of the measured
+ones (prepared data, the pretrained model, the selection), hard-linked from a first, unmeasured ``dvc repro`` (or
+from ``--artifacts``). Then, with ``bench/hook`` on PYTHONPATH, which records per stage process and phase the wall
+and CPU time (start-up, imports, config, data loading, model loading, input/code hashing, the work, evaluation inside
+training, MLflow set-up, other tracking, checkpoint and output writes; see ``bench/hook/sitecustomize.py``):
 
 1. one stage per kind (:data:`PROBES`: download, pretrain, select, train, evaluate, certify), in pipeline order and
    revisions interleaved stage by stage: ``dvc repro --single-item --force`` (a changed stage: DVC's own time = the
@@ -23,7 +23,7 @@ CPU time (user + system, children included) is the comparison on a loaded machin
 ``<out>/pipeline.json`` (every measurement) and ``<out>/pipeline.md`` (per stage kind and revision), with the machine
 named.
 
-    python tools/bench_pipeline.py --rev 041b738 --rev HEAD --out reports/bench
+    python -m bench.pipeline --rev 041b738 --rev HEAD --out reports/bench
 """
 from __future__ import annotations
 
@@ -43,10 +43,10 @@ from pathlib import Path
 
 import yaml
 
+from tools.scratch_repo import TINY, set_dotted  # the tiny configuration the end-to-end test runs
+
 ROOT = Path(__file__).resolve().parent.parent
-HOOK = ROOT / "tools" / "bench_hook"
-sys.path.insert(0, str(ROOT))
-from tools.scratch_repo import TINY, set_dotted  # noqa: E402 - the tiny configuration the end-to-end test runs
+HOOK = ROOT / "bench" / "hook"
 
 PHASES = ["start", "imports", "config", "setup", "data", "model_load", "resume_check", "work", "eval_in_training",
           "mlflow_setup", "tracking", "checkpoint", "writing", "other", "subprocesses"]
@@ -371,9 +371,9 @@ def summarize(res: dict) -> str:
     meta = res["meta"]
     lines = ["# Pipeline benchmark: where a stage's time goes", "",
              f"Machine: {meta['machine']}, {meta['cpus']} logical CPUs, Python {meta['python']}.", "",
-             "Configuration: the tiny `mini` suite of `tests/test_pipeline_e2e.py` in a scratch clone of each "
-             "revision, one torch thread (`tools/bench_pipeline.py`). Seconds; medians where a kind has several "
-             "stages.",
+             "Configuration: the tiny `mini` suite of the end-to-end test (`TINY` in `tools/scratch_repo.py`) in a "
+             "scratch clone of each revision, one torch thread (`bench/pipeline.py`). Seconds; medians where a kind "
+             "has several stages.",
              "Phases: start = interpreter start-up; imports = module imports up to the stage front; config = "
              "argument parsing + params validation; setup = device, determinism, model built; data = loading the "
              "prepared arrays and building the batch sources; model_load; resume_check = content hashes of the "

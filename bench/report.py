@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .bench_steps import AMP_RTOL, K
+from .steps import AMP_RTOL, K
 
 
 def _fmt_s(v: Optional[float]) -> str:
