@@ -31,7 +31,8 @@ def main() -> None:
             certify_files=sorted(P.certify(args.suite).glob("*.npz")),
             grad_pairs=cfg.suite(args.suite).grad_ablation.pairs,
             summary_dir=P.root / "metrics" / args.suite / "summary", noise=noise_inputs(cfg.suite(args.suite), P),
-            margins={e.name: (e.train.loss.m_in, e.train.loss.m_out) for e in exps})
+            margins={e.name: (e.train.loss.m_in, e.train.loss.m_out) for e in exps},
+            kinds={o.name: o.kind for o in cfg.suite(args.suite).data.ood})
         run.log_artifact(P.report(args.suite), "report")
         run.log_artifact(P.root / "metrics" / args.suite / "summary", "summary")
         for k, v in written.items():

@@ -210,7 +210,8 @@ def test_params_yaml_cifar_suites_evaluate_both_protocols(raw):
      r"unknown auxiliary dataset 'tin596' — did you mean 'tin597'\?"),
     (lambda r: r["suites"]["cifar10"]["data"]["aux"].update(dataset="svhn"), r"unknown auxiliary dataset 'svhn'"),
     (lambda r: r["datasets"].pop("tin597") and r["suites"]["cifar10"]["data"]["aux"].update(dataset="tin597"),
-     r"suites\.cifar10 reads dataset 'tin597', which `datasets` does not list: add `tin597: \{\}`"),
+     r"suites\.cifar10\.data\.aux\.dataset reads dataset 'tin597', which `datasets` does not declare: add "
+     r"`tin597: \{\}`"),
     (lambda r: r["datasets"].pop("openood_mnist"), r"reads dataset 'openood_mnist'"),
 ])
 def test_bad_protocol_and_aux_keys_are_named(raw, edit, match):

@@ -187,6 +187,11 @@ class SetRef(_Model):
 
 class OodSet(SetRef):
     name: str
+    #: what the set is, declared before any result: natural images (photographs, scans) or generated noise; the
+    #: report's natural-image mean (the paper's kind of mean) averages the natural ones
+    kind: Optional[Literal["natural", "noise"]] = None  # None: noise when named like a noise dataset
+    #: near-OOD (the ID dataset's own held-out classes, or semantically close) or far-OOD; recorded, not computed
+    distance: Optional[Literal["near", "far"]] = None
 
 
 class IdRef(_Model):
@@ -402,15 +407,35 @@ class Params(_Model):
 
     @model_validator(mode="after")
     def _downloads_declared(self) -> "Params":
-        """The aux pool and the extra protocols' sets need a download stage: a ``datasets`` entry (when given)."""
+        """Every dataset a suite reads (ID, auxiliary pool, OOD sets, the extra protocols' sets) needs a download
+        stage: a ``datasets`` entry (when ``datasets`` is given). Checked here, before any stage computes."""
         from .openood import protocol_datasets
 
         for name, s in self.suites.items() if self.datasets else ():
-            for d in [s.data.aux.dataset, *protocol_datasets(s)]:
+            reads = [("data.id.dataset", s.data.id.dataset), ("data.aux.dataset", s.data.aux.dataset)]
+            reads += [(f"data.ood ({o.name}).dataset", o.dataset) for o in s.data.ood]
+            reads += [("eval.protocols", d) for d in protocol_datasets(s)]
+            for where, d in reads:
                 if d not in self.datasets:
-                    raise ValueError(f"suites.{name} reads dataset {d!r}, which `datasets` does not list: add "
-                                     f"`{d}: {{}}` under datasets (its download stage)")
+                    raise ValueError(undeclared_dataset_message(f"suites.{name}.{where}", d, self.datasets))
         return self
+
+
+def undeclared_dataset_message(key: str, dataset: str, declared) -> str:
+    """One sentence for a suite that reads ``dataset``, which ``datasets:`` does not declare: the closest declared
+    name for a typo, else how to declare it (only a dataset the data registry knows can be declared)."""
+    import difflib
+
+    from .data.sources import DATASETS
+
+    close = difflib.get_close_matches(dataset, list(declared), n=1, cutoff=0.6)
+    if dataset in DATASETS:
+        fix = f"add `{dataset}: {{}}` under datasets (its download stage)"
+    elif close:
+        fix = f"did you mean {close[0]!r}?"
+    else:
+        fix = f"use a dataset declared there ({', '.join(declared)})"
+    return f"{key} reads dataset {dataset!r}, which `datasets` does not declare: {fix}"
 
 
 # ------------------------------------------------------------------------------------------------ resolved configs
@@ -464,6 +489,17 @@ class Config:
             prefix = f"suites.{suite}.method_params.{method}" if in_override else \
                 f"suites.{suite}.train (as merged with method_params.{method})"
             raise ConfigError(_format_errors(e, prefix, merged, self.path, TrainCfg)) from None
+
+    def train_reads(self, suite: str, method: str, ablation: bool = False) -> list[tuple[str, ...]]:
+        """The key paths of ``suites.<suite>.train``, as params.yaml sets them, whose values reach ``method``'s
+        settings: neither the method's defining settings (registry) nor ``method_params.<method>`` replace them, and
+        for a point of the lambda ablation (``ablation``) they are not its own ``loss.lambda_grad``. What a train
+        stage of that method reads from ``train`` (its DVC params: :mod:`greg_ood.dvcgen`)."""
+        raw = self.raw["suites"][suite]
+        override = (raw.get("method_params") or {}).get(method)
+        return [p for p in registry.leaf_paths(raw.get("train"))
+                if not registry.replaces(p, registry.get(method).settings) and not registry.replaces(p, override)
+                and not (ablation and p == ABLATION_KEY)]
 
     def experiment(self, suite: str, method: str, arch: str, seed: int,
                    ablation_lambda: Optional[float] = None) -> Experiment:
@@ -525,4 +561,32 @@ def validate(raw: dict, path: Union[str, Path] = "params.yaml") -> Config:
             cfg.train_cfg(sname, m)
         for lam in s.ablation.lambda_grad:
             cfg.train_cfg(sname, s.ablation.method, lam)
+        check_shared_train_keys(cfg, sname)
     return cfg
+
+
+#: the setting a point of the lambda ablation sets itself (its value is in the stage's command, not params.yaml)
+ABLATION_KEY = ("loss", "lambda_grad")
+
+
+def check_shared_train_keys(cfg: Config, suite: str) -> None:
+    """One source per setting: a value of ``suites.<suite>.train`` must reach at least one experiment. Raise
+    :class:`ConfigError` naming both keys when every method that would read it (its defining settings leave it open;
+    the ablation's method too, except for the ablation's own lambda) overrides it under ``method_params``, since the
+    shared value could then never take effect. The shared ``eval`` keys have no per-method override (DOS's own
+    detection score replaces ``eval.primary`` for DOS alone; the pretrained baseline always reads it)."""
+    s = cfg.suite(suite)
+    raw = cfg.raw["suites"][suite]
+    overrides = raw.get("method_params") or {}
+    for path in registry.leaf_paths(raw.get("train")):
+        methods = [*s.methods, *([s.ablation.method] if s.ablation.lambda_grad and path != ABLATION_KEY else [])]
+        readers = [m for m in dict.fromkeys(methods) if not registry.replaces(path, registry.get(m).settings)]
+        over = [m for m in readers if registry.replaces(path, overrides.get(m))]
+        if readers and over == readers:
+            key = ".".join(path)
+            also = f" (and the same key of {', '.join(over[1:])})" if len(over) > 1 else ""
+            raise ConfigError(
+                f"{cfg.path}: suites.{suite}.train.{key} never takes effect, because "
+                f"suites.{suite}.method_params.{over[0]}.{key}{also} overrides it for every method that reads it "
+                f"({', '.join(readers)}): delete the per-method value{'s' if len(over) > 1 else ''} so that the "
+                f"shared one applies")

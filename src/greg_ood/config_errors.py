@@ -52,9 +52,10 @@ def _format_errors(e: ValidationError, prefix: str, raw: Any, path: Path, root: 
             if close:
                 hint = f" — did you mean {close[0]!r}?"
             msg = f"unknown key{hint}" + (f" Allowed keys here: {', '.join(sorted(allowed))}." if allowed else "")
-        elif "input" in err and err["type"] != "missing":
+        elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], (dict, list)):
+            # a scalar is worth echoing; a whole section (a model-level check) would bury the sentence
             msg += f" (got {err['input']!r})"
-        lines.append(f"  - {key}: {msg}")
+        lines.append(f"  - {key}: {msg}" if key else f"  - {msg.removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

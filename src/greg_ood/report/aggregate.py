@@ -11,7 +11,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .names import GRAD_PAIRS, MEAN, METRIC_NAMES, score_name, set_name
+from .names import GRAD_PAIRS, MEAN, METRIC_NAMES, METRICS, NATURAL_MEAN, SPLIT_MEAN_NAMES, score_name, set_name
 
 def format_mean_std(values: Sequence[float], *, scale: float = 100.0, digits: int = 2) -> str:
     """``"20.00 ± 10.00"`` for fractions (0.1, 0.2, 0.3): percent, std over seeds with ddof=1. One value → no ±.
@@ -107,21 +107,64 @@ def ood_sets(d: pd.DataFrame) -> list[str]:
     return out
 
 
+def natural_split(d: pd.DataFrame, natural: Optional[Sequence[str]]) -> list[str]:
+    """The natural-image sets of ``d`` when they are a proper, non-empty subset of its OOD sets (then the tables
+    show the natural-image mean beside the all-set mean); else ``[]`` (one mean, as before)."""
+    if natural is None:
+        return []
+    sets = ood_sets(d)
+    nat = [s for s in sets if s in set(natural)]
+    return nat if 0 < len(nat) < len(sets) else []
+
+
+def with_natural_mean(d: pd.DataFrame, natural_sets: Sequence[str]) -> pd.DataFrame:
+    """``d`` plus, per experiment and score, one row ``ood_set == NATURAL_MEAN`` holding the unweighted mean of each
+    metric over ``natural_sets`` (not an ``is_mean`` row: ID accuracy is read from the all-set mean row only)."""
+    if not natural_sets:
+        return d
+    nat = d[d["ood_set"].isin(list(natural_sets)) & ~d["is_mean"]]
+    keys = [c for c in d.columns if c not in (*METRICS, "ood_set", "is_mean")]
+    means = nat.groupby(["experiment", "score"], sort=False)[list(METRICS)].mean().reset_index()
+    first = nat.drop_duplicates(["experiment", "score"])[keys]
+    rows = first.merge(means, on=["experiment", "score"]).assign(ood_set=NATURAL_MEAN, is_mean=False)
+    return pd.concat([d, rows[d.columns]], ignore_index=True)
+
+
+def mean_label(s: str, split: bool) -> str:
+    """Display name of an OOD set column, the two means labelled apart when both are shown."""
+    return SPLIT_MEAN_NAMES[s] if split and s in SPLIT_MEAN_NAMES else set_name(s)
+
+
+def kinds_text(natural: Sequence[str], others: Sequence[str]) -> str:
+    """The caption sentence that says what each mean averages and how the kinds were assigned."""
+    return (f"{SPLIT_MEAN_NAMES[NATURAL_MEAN]} = unweighted mean over the {len(natural)} natural-image OOD sets "
+            f"({', '.join(set_name(s) for s in natural)}): the paper's kind of mean; {SPLIT_MEAN_NAMES[MEAN]} = over "
+            f"all {len(natural) + len(others)}, adding {', '.join(set_name(s) for s in others)}. Each set's kind is "
+            f"declared in params.yaml (`kind:` of its entry under `suites.<suite>.data.ood`) from what the set is "
+            f"— photographs or scans vs generated noise — not from any result.")
+
+
 def cell(d: pd.DataFrame, metric: str) -> str:
     return format_mean_std(d[metric].tolist())
 
 
-def caption(suite: str, score: str, conv: str, n_sets: int, nseeds: Iterable[int], extra: str = "") -> str:
+def caption(suite: str, score: str, conv: str, n_sets: int, nseeds: Iterable[int], extra: str = "",
+            means: str = "") -> str:
+    """A table's caption; ``means`` (:func:`kinds_text`) replaces the one-mean sentence when both means are shown."""
+    means = means or f"Mean = unweighted mean over the {n_sets} OOD sets."
     return (f"{suite}: OOD detection with the {score_name(score)} score; higher score = "
             f"in-distribution. {convention_text(conv)}. AUROC ↑ does not depend on the positive class. Values in "
             f"% as mean ± std over seeds (std with ddof=1; a single seed shows no ±); {_seeds_caption(nseeds)}. "
-            f"Mean = unweighted mean over the {n_sets} OOD sets.{(' ' + extra) if extra else ''}")
+            f"{means}{(' ' + extra) if extra else ''}")
 
 
 
-def set_columns(sets: Sequence[str], head: Optional[str], metrics: Sequence[str]) -> list[tuple[str, str]]:
-    """Column keys ``(set label, metric label)`` for each set in ``sets``; the headline set is marked."""
-    return [(set_name(s) + (" (headline)" if s == head else ""), METRIC_NAMES[m]) for s in sets for m in metrics]
+def set_columns(sets: Sequence[str], head: Optional[str], metrics: Sequence[str],
+                split: bool = False) -> list[tuple[str, str]]:
+    """Column keys ``(set label, metric label)`` for each set in ``sets``; the headline set is marked; ``split``:
+    the two means are labelled apart (:func:`mean_label`)."""
+    return [(mean_label(s, split) + (" (headline)" if s == head else ""), METRIC_NAMES[m]) for s in sets
+            for m in metrics]
 
 
 def ablation_rows(df: pd.DataFrame, suite: str, score: str,

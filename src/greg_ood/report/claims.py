@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from ..io import write_bytes_atomic
-from .aggregate import convention_text, headline_set, one_convention, select_rows
+from .aggregate import (convention_text, headline_set, kinds_text, mean_label, natural_split, one_convention, ood_sets,
+                        select_rows, with_natural_mean)
 from .loading import load_certify, load_paper_numbers, load_train_curves
-from .names import MEAN, arch_key, arch_name, method_name, score_name, set_name
+from .names import MEAN, NATURAL_MEAN, arch_key, arch_name, method_name, score_name
 from .paper import paper_pair_text
 from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_interval, t_interval, verdict, wins
 from .writers import table_to_latex, table_to_markdown
@@ -49,10 +50,11 @@ class Claim:
     paper_metric: Optional[str] = None
 
 
-def suite_claims(head: Optional[str], grad_pairs: Sequence[tuple[str, str]]) -> list[Claim]:
+def suite_claims(head: Optional[str], grad_pairs: Sequence[tuple[str, str]], split: bool = False) -> list[Claim]:
     """The claims C1–C6 for a suite with headline set ``head`` (None: no headline rows) and the (without, with
-    gradient term) pairs of its gradient ablation (C2 takes every pair other than Energy → GReg, which is C1)."""
-    sets = ([head] if head else []) + [MEAN]
+    gradient term) pairs of its gradient ablation (C2 takes every pair other than Energy → GReg, which is C1);
+    ``split``: the FPR95 claims are tested on the natural-image mean as well as on the all-set mean."""
+    sets = ([head] if head else []) + ([NATURAL_MEAN] if split else []) + [MEAN]
     out = [Claim("C1", "GReg fine-tuning lowers FPR95 vs Energy fine-tuning", "energy", "greg", "fpr95", s, -1,
                  paper_metric="fpr95") for s in sets]
     for base, withg in grad_pairs:
@@ -80,7 +82,7 @@ _MEASURES = {  # measure -> (what is compared, unit, decimals printed)
 
 
 def claim_row(claim: Claim, arch: str, diffs: Mapping[object, float], *, unit_name: str = "seed",
-              note: str = "", paper_number: str = "") -> dict:
+              note: str = "", paper_number: str = "", split: bool = False) -> dict:
     """The statistics of one claim from its paired differences ``{unit: other − base}`` (NaN pairs are dropped and
     counted in the note): mean, t interval, bootstrap interval, wins, n and the verdict of the t interval."""
     kept = {k: float(v) for k, v in diffs.items() if not math.isnan(float(v))}
@@ -94,7 +96,7 @@ def claim_row(claim: Claim, arch: str, diffs: Mapping[object, float], *, unit_na
     what, unit, digits = _MEASURES[claim.measure]
     return {"claim": claim.cid, "statement": claim.statement, "paper": paper_number or "no number",
             "arch": arch_name(arch), "comparison": f"{method_name(claim.other)} − {method_name(claim.base)}",
-            "measure": what, "set": set_name(claim.where), "unit": unit, "pairs": unit_name,
+            "measure": what, "set": mean_label(claim.where, split), "unit": unit, "pairs": unit_name,
             "direction": "lower" if claim.direction < 0 else "higher", "threshold": claim.threshold,
             "digits": digits, "per_pair": ";".join(f"{k}={v:.6g}" for k, v in kept.items()) if len(kept) <= 10
             else "", "n": len(d), "mean": mean, "t_low": lo, "t_high": hi,
@@ -166,11 +168,18 @@ def _radius_rows(claim: Claim, arch: str, radii: Mapping, paper: str) -> list[di
 
 def claims_table(df: pd.DataFrame, *, suite: str, score: str, grad_pairs: Sequence[tuple[str, str]],
                  train_csv_files: Sequence[Path] = (), certify_files: Sequence[Path] = (),
-                 paper_csv: Optional[os.PathLike | str] = None) -> pd.DataFrame:
+                 paper_csv: Optional[os.PathLike | str] = None,
+                 natural: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """Every claim of :func:`suite_claims` for every architecture of the main group: one row each (C6 may add a
-    per-image row), numbers unrounded. ``attrs["caption"]`` states the conventions."""
+    per-image row), numbers unrounded. ``attrs["caption"]`` states the conventions. ``natural`` names the
+    natural-image OOD sets: when the suite has other (synthetic-noise) sets too, each FPR95 claim is tested on the
+    natural-image mean (the paper's kind; the paper's number is quoted there) and on the all-set mean."""
     d = select_rows(df, suite, score, ["main"])
     conv = one_convention(d, f"claims_table({suite})")
+    nat = natural_split(d, natural)
+    others = [s for s in ood_sets(d) if s not in nat]
+    d = with_natural_mean(d, nat)
+    paper_mean = NATURAL_MEAN if nat else MEAN
     paper = load_paper_numbers(paper_csv) if paper_csv is not None else None
     curves = load_train_curves(train_csv_files, df)
     radii = _radius_values(df, [Path(f) for f in certify_files])
@@ -181,9 +190,9 @@ def claims_table(df: pd.DataFrame, *, suite: str, score: str, grad_pairs: Sequen
         "gradnorm_curve": lambda c: _gradnorm_values(curves, "gradnorm_curve")}
     rows = []
     for arch in sorted(d["arch"].unique(), key=arch_key):
-        for c in suite_claims(headline_set(d), grad_pairs):
+        for c in suite_claims(headline_set(d), grad_pairs, split=bool(nat)):
             number = ""
-            if paper is not None and c.paper_metric and c.where == MEAN:
+            if paper is not None and c.paper_metric and c.where == paper_mean:
                 number = paper_pair_text(paper, c.base, c.other, c.paper_metric)
             if c.measure == "radius":
                 rows += _radius_rows(c, arch, radii, number)
@@ -193,9 +202,10 @@ def claims_table(df: pd.DataFrame, *, suite: str, score: str, grad_pairs: Sequen
             pairs = _by_seed(v, arch, c.base, c.other)
             if v and not pairs:
                 note = f"no seed has both {method_name(c.base)} and {method_name(c.other)}"
-            rows.append(claim_row(c, arch, pairs, note=note, paper_number=number))
+            rows.append(claim_row(c, arch, pairs, note=note, paper_number=number, split=bool(nat)))
     t = pd.DataFrame(rows)
-    t.attrs["caption"] = _caption(suite, score, conv)
+    t.attrs["caption"] = _caption(suite, score, conv) + (" " + kinds_text(nat, others) if nat else "")
+    t.attrs["kinds"] = kinds_text(nat, others) if nat else ""
     return t
 
 
@@ -240,6 +250,7 @@ def format_claims(t: pd.DataFrame) -> pd.DataFrame:
                      "Verdict": r["verdict"], "Note": r["note"]})
     out = pd.DataFrame(rows)
     out.attrs["caption"] = t.attrs.get("caption", "")
+    out.attrs["kinds"] = t.attrs.get("kinds", "")
     return out
 
 
@@ -251,8 +262,9 @@ def short_claims(shown: pd.DataFrame) -> str:
     t = shown[list(cols)].rename(columns=cols)
     t.insert(4, "Mean Δ [95 % t interval]", [f"{m} {i}" if i != "–" else m
                                              for m, i in zip(shown["Mean Δ"], shown["95 % t interval"])])
+    kinds = shown.attrs.get("kinds", "")
     t.attrs["caption"] = ("Generated by the report stage (`claims_readme.md`); conventions, per-seed values, "
-                          "bootstrap intervals and notes: `claims.md`.")
+                          "bootstrap intervals and notes: `claims.md`." + (f" {kinds}" if kinds else ""))
     return table_to_markdown(t)
 
 

@@ -39,6 +39,10 @@ LOWER_IS_BETTER = {"fpr95"}
 #: (without, with the gradient term): the method a gradient-regularised one reduces to at λ_∇S = 0
 GRAD_PAIRS = tuple(registry.penalty_pairs())
 MEAN = "mean"  # reserved ood_set name of the unweighted mean over OOD sets
+#: derived ood_set name of the unweighted mean over the natural-image OOD sets (``kind: natural`` in params.yaml): the
+#: paper's kind of mean; shown beside MEAN (then labelled "Mean, all sets") when a suite also has synthetic-noise sets
+NATURAL_MEAN = "mean_natural"
+SPLIT_MEAN_NAMES = {NATURAL_MEAN: "Mean, natural-image sets", MEAN: "Mean, all sets"}
 
 
 def method_key(m: str) -> tuple:

@@ -23,7 +23,7 @@ from .fig_ablation import plot_ablation
 from .loading import load_results, load_train_curves
 from .margins import margin_table
 from .names import GRAD_PAIRS, arch_key, arch_name, method_key, method_name, score_name, set_name
-from .noise import NoiseInputs, build_noise_finding, noise_inputs_from_names
+from .noise import NOISE_DATASETS, NoiseInputs, build_noise_finding, noise_inputs_from_names
 from .openood_table import write_openood_report
 from .paper import NoPaperNumbers, no_paper_numbers_text, paper_comparison
 from .tables import ablation_table, grad_ablation_table, main_table, paired_differences
@@ -40,7 +40,8 @@ def build_suite_report(*, suite: str, metrics_files: Iterable[os.PathLike | str]
                        grad_pairs: Sequence[Sequence[str]] = GRAD_PAIRS,
                        summary_dir: Optional[os.PathLike | str] = None,
                        noise: Optional[NoiseInputs] = None,
-                       margins: Optional[Mapping[str, tuple[float, float]]] = None) -> dict[str, Path]:
+                       margins: Optional[Mapping[str, tuple[float, float]]] = None,
+                       kinds: Optional[Mapping[str, str]] = None) -> dict[str, Path]:
     """Write every table and figure of one suite under ``out_dir``, plus ``summary.md``.
 
     * ``main`` (primary score: headline set and mean over OOD sets, FPR95 / AUROC / AUPR-In / AUPR-Out, best values
@@ -59,6 +60,9 @@ def build_suite_report(*, suite: str, metrics_files: Iterable[os.PathLike | str]
       the share of rows inside the penalty's indicators along training, per method.
     * ``noise_finding`` (:mod:`greg_ood.report.noise`) when an OOD set is synthetic noise: ``noise`` names the
       noise sets and the prepared image files (default: the sets named like a noise dataset, no pixel statistics).
+    * ``kinds`` maps each OOD set to its declared kind (``natural`` / ``noise``; default: the sets named like a
+      noise dataset are noise): with both kinds present, the main and claims tables show the natural-image mean
+      (the paper's kind) beside the all-set mean.
     * ``summary_dir`` (when given): one ``<method>-<arch>.json`` per main run group (:func:`summary_metrics`),
       so that ``dvc metrics show`` prints one row per method; stale files there are removed.
 
@@ -78,12 +82,13 @@ def build_suite_report(*, suite: str, metrics_files: Iterable[os.PathLike | str]
     primary = primaries[0] if len(primaries) == 1 else "primary"
     conv = one_convention(df, f"build_suite_report({suite})")
     pairs = [tuple(p) for p in grad_pairs]
-    written = _tables(df, suite, primary, out, paper_csv, pairs, notes)
+    natural = natural_sets(ood_sets(df), kinds)
+    written = _tables(df, suite, primary, out, paper_csv, pairs, notes, natural)
     written.update(write_openood_report(sorted(df["source"].unique()), suite, out))
     written.update(write_claims(claims_table(df, suite=suite, score=primary, grad_pairs=pairs,
                                              train_csv_files=[Path(f) for f in train_csv_files],
                                              certify_files=[Path(f) for f in certify_files],
-                                             paper_csv=paper_csv), out))
+                                             paper_csv=paper_csv, natural=natural), out))
     if margins is not None:
         written.update(_margins(df, suite, [Path(f) for f in train_csv_files], margins, notes, out))
     if (df["group"] == "ablation").any():
@@ -105,7 +110,15 @@ def build_suite_report(*, suite: str, metrics_files: Iterable[os.PathLike | str]
     return written
 
 
-def _tables(df: pd.DataFrame, suite: str, primary: str, out: Path, paper_csv, pairs, notes: list[str]) -> dict:
+def natural_sets(sets: Sequence[str], kinds: Optional[Mapping[str, str]]) -> list[str]:
+    """The natural-image OOD sets among ``sets``: those whose declared kind is ``natural`` (a set without a declared
+    kind: one not named like a synthetic-noise dataset)."""
+    kinds = kinds or {}
+    return [s for s in sets if (kinds.get(s) or ("noise" if s in NOISE_DATASETS else "natural")) == "natural"]
+
+
+def _tables(df: pd.DataFrame, suite: str, primary: str, out: Path, paper_csv, pairs, notes: list[str],
+            natural: Sequence[str]) -> dict:
     written: dict[str, Path] = {}
 
     def table(name: str, t: pd.DataFrame) -> None:
@@ -120,10 +133,11 @@ def _tables(df: pd.DataFrame, suite: str, primary: str, out: Path, paper_csv, pa
     if not has_main:
         notes.append("No main-group experiments: main table skipped.")
         return written
-    table("main", main_table(df, suite=suite, score=primary))
-    table("main_per_set", main_table(df, suite=suite, score=primary, per_set=True, metrics=("fpr95", "auroc")))
+    table("main", main_table(df, suite=suite, score=primary, natural=natural))
+    table("main_per_set", main_table(df, suite=suite, score=primary, per_set=True, metrics=("fpr95", "auroc"),
+                                     natural=natural))
     for s in sorted(set(df["score"]) - {primary}):
-        table(f"main_{s}", main_table(df, suite=suite, score=s))
+        table(f"main_{s}", main_table(df, suite=suite, score=s, natural=natural))
     if paper_csv is not None:
         try:
             table("paper_comparison", paper_comparison(df, paper_csv, suite=suite, score=primary))
@@ -173,7 +187,8 @@ def _summary(suite: str, df: pd.DataFrame, primary: str, conv: str, written: Map
              f"in-distribution.",
              f"* {convention_text(conv)}.",
              "* AUROC does not depend on which class is positive. Values are percentages; mean ± std over seeds "
-             "(std with ddof=1; a single seed shows no ±). Mean = unweighted mean over the OOD sets.",
+             "(std with ddof=1; a single seed shows no ±). Mean = unweighted mean over the OOD sets; where a suite "
+             "has synthetic-noise sets, the main and claims tables also give the mean over its natural-image sets.",
              "* Paper numbers are second-hand (see `reports/paper/README.md`) and shown as \"reported "
              "(unverified)\"; anchor rows come from other protocols; n/r = not reported in accessible sources.",
              "",

@@ -10,15 +10,15 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .aggregate import (ablation_rows, caption, convention_text, headline_set, method_frame, metric_cells, one_convention,
-                        ood_sets, select_rows, set_columns, signed)
-from .names import (GRAD_PAIRS, LOWER_IS_BETTER, MEAN, METRIC_NAMES, METRICS, arch_key, arch_name, method_key,
-                    method_name, score_name, set_name)
+from .aggregate import (ablation_rows, caption, convention_text, headline_set, kinds_text, method_frame, metric_cells,
+                        natural_split, one_convention, ood_sets, select_rows, set_columns, signed, with_natural_mean)
+from .names import (GRAD_PAIRS, LOWER_IS_BETTER, MEAN, METRIC_NAMES, METRICS, NATURAL_MEAN, arch_key, arch_name,
+                    method_key, method_name, score_name, set_name)
 
 
 def main_table(df: pd.DataFrame, *, suite: str, score: str = "energy", metrics: Sequence[str] = METRICS,
                group: str = "main", headline: Optional[bool] = None, per_set: bool = False,
-               include_accuracy: bool = True) -> pd.DataFrame:
+               include_accuracy: bool = True, natural: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """Paper-style main table.
 
     Rows: MultiIndex (Architecture, Method), one row group per architecture; a pretrained baseline row first when
@@ -27,17 +27,20 @@ def main_table(df: pd.DataFrame, *, suite: str, score: str = "energy", metrics: 
     name a headline set), every OOD set's (``per_set``), ``Mean``, then ``("", "ID acc. ↑")``. Cells are strings,
     "mean ± std" in percent; the best seed mean of each column within an architecture is listed in
     ``attrs["bold"]`` as (row, column) positions. The caption states the score, higher = ID, the FPR95 convention
-    read from the data, and the seeds.
+    read from the data, and the seeds. ``natural`` names the natural-image OOD sets: when the suite also has other
+    (synthetic-noise) sets, a ``Mean, natural-image sets`` column group comes before ``Mean, all sets``.
     """
     d = select_rows(df, suite, score, [group])
     conv = one_convention(d, f"main_table({suite}, {score})")
     sets = ood_sets(d)
+    nat = natural_split(d, natural)
+    d = with_natural_mean(d, nat)
     head = headline_set(d)
     use_headline = head is not None and (headline is None or headline)
     if use_headline:
         sets = [head] + [s for s in sets if s != head]
-    shown = (sets if per_set else ([head] if use_headline else [])) + [MEAN]
-    cols = [("", "n")] + set_columns(shown, head if use_headline else None, metrics)
+    shown = (sets if per_set else ([head] if use_headline else [])) + ([NATURAL_MEAN] if nat else []) + [MEAN]
+    cols = [("", "n")] + set_columns(shown, head if use_headline else None, metrics, split=bool(nat))
     if include_accuracy:
         cols.append(("", METRIC_NAMES["id_accuracy"]))
     lower = [False] + [m in LOWER_IS_BETTER for _ in shown for m in metrics] + [False] * include_accuracy
@@ -58,7 +61,8 @@ def main_table(df: pd.DataFrame, *, suite: str, score: str = "energy", metrics: 
     if use_headline:
         extra += f" Headline column: {set_name(head)} (near-OOD), placed first."
     extra += " Bold: the best seed mean of each column within an architecture."
-    t.attrs["caption"] = caption(suite, score, conv, len(ood_sets(d)), nseeds, extra.strip())
+    means = kinds_text(nat, [s for s in sets if s not in nat]) if nat else ""
+    t.attrs["caption"] = caption(suite, score, conv, len(sets), nseeds, extra.strip(), means)
     return t
 
 
