@@ -19,7 +19,7 @@ export PYTHONUNBUFFERED := 1
 # results do not depend on it); JOBS=1 runs them one after the other, like `dvc repro report_mini`
 JOBS ?= 2
 
-.PHONY: setup mini fmnist repro test test-fast bench bench-pipeline gpu-check rehearsal mlflow-ui mlflow-server dvc.yaml fashion-mnist readme plots
+.PHONY: setup mini fmnist repro test test-fast bench bench-pipeline gpu-check rehearsal mlflow-ui mlflow-server dvc.yaml fashion-mnist readme plots summary dvc
 
 setup: $(VENV)/.installed
 
@@ -43,14 +43,20 @@ fashion-mnist:
 mini: setup fashion-mnist
 	@git rev-parse HEAD >/dev/null 2>&1 || (echo "error: run inside the git clone of greg-ood"; exit 2)
 	time $(BIN)/python -m greg_ood.cli.repro report_mini --jobs $(JOBS)
-	dvc metrics show --md metrics/mini/summary
-	@echo "Tables and figures: reports/mini/ — plots (offline page): make plots SUITE=mini — browse runs: make mlflow-ui"
+	@$(BIN)/python -m greg_ood.cli.summary --suite mini
 
 fmnist: setup fashion-mnist
 	@git rev-parse HEAD >/dev/null 2>&1 || (echo "error: run inside the git clone of greg-ood"; exit 2)
 	time $(BIN)/python -m greg_ood.cli.repro report_fmnist --jobs $(JOBS)
-	dvc metrics show --md metrics/fmnist/summary
-	@echo "Claims with computed verdicts: reports/fmnist/claims.md"
+	@$(BIN)/python -m greg_ood.cli.summary --suite fmnist
+
+# a finished suite's answer from its report files: claims with verdicts, each method's headline, where things are
+summary: setup
+	@$(BIN)/python -m greg_ood.cli.summary --suite $(or $(SUITE),mini)
+
+# DVC from the project's environment without activating it: make dvc ARGS="status"
+dvc: setup
+	@$(BIN)/dvc $(ARGS)
 
 repro: setup
 	dvc repro
