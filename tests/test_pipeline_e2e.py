@@ -65,7 +65,7 @@ def _name(key: str) -> str:
 
 def _target(name: str) -> str:
     """What `dvc repro` accepts for the stage ``name``."""
-    where = dvc_file(name.split("@")[0])
+    where = dvc_file(name)
     return name if where == "dvc.yaml" else f"{where}:{name}"
 
 
@@ -74,7 +74,7 @@ def test_every_stage_ran(repo):
     st = _sh([str(BIN / "dvc"), "status", "report_mini", "--with-deps", "--json"], d, env)
     assert json.loads(st.stdout or "{}") == {}, st.stdout
     lock = _lock_stages(d)
-    for name, path in (("train_mini@energy-small_cnn-0", "pipelines/train_mini/dvc.lock"),
+    for name, path in (("train_mini@energy-small_cnn-0", "pipelines/train_mini-energy/dvc.lock"),
                        ("evaluate_mini_ablation@0.0-0", "pipelines/evaluate_mini_ablation/dvc.lock"),
                        ("report_mini", "dvc.lock")):  # each group's entries in its own file's lock
         assert name in yaml.safe_load((d / path).read_text())["stages"], (name, path)
@@ -265,7 +265,7 @@ def test_fresh_rerun_leaves_dvc_lock_unchanged(repo, tmp_path):
 def test_changing_lambda_grad_invalidates_only_greg(repo):
     d, env, _ = repo
     raw = yaml.safe_load((d / "params.yaml").read_text())
-    raw["suites"]["mini"]["method_params"]["greg"]["loss"]["lambda_grad"] = 2.0
+    raw["suites"]["mini"]["method_params"]["greg"] = {"loss": {"lambda_grad": 2.0}}  # GReg's own value
     (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     st = json.loads(_sh([str(BIN / "dvc"), "status", "--json"], d, env).stdout)
     changed = {_name(k) for k in st}
@@ -280,7 +280,7 @@ def test_dvc_exp_run_set_param(repo):
     d, env, _ = repo
     _sh(["git", "add", "-A"], d, env)
     _sh(["git", "commit", "-qm", "results"], d, env, check=False)
-    r = _sh([str(BIN / "dvc"), "exp", "run", "-n", "lg3", "-S", "suites.mini.method_params.greg.loss.lambda_grad=3",
+    r = _sh([str(BIN / "dvc"), "exp", "run", "-n", "lg3", "-S", "+suites.mini.method_params.greg.loss.lambda_grad=3",
              "report_mini"], d, env, timeout=1500)
     assert "train_mini@greg-small_cnn-0" in r.stdout + r.stderr
     assert not re.search(r"Running stage '[^']*train_mini@energy-small_cnn-0'", r.stdout)
@@ -295,7 +295,7 @@ def test_queued_sweep_runs_in_parallel_and_builds_ablation_across_experiments(re
     dvc = str(BIN / "dvc")
     _sh(["git", "add", "-A"], d, env)
     _sh(["git", "commit", "-qm", "before sweep"], d, env, check=False)
-    _sh([dvc, "exp", "run", "--queue", "-S", "suites.mini.method_params.greg.loss.lambda_grad=0.5,2",
+    _sh([dvc, "exp", "run", "--queue", "-S", "+suites.mini.method_params.greg.loss.lambda_grad=0.5,2",
          "report_mini"], d, env)
     _sh([dvc, "queue", "start", "-j", "2"], d, env)
     deadline = time.time() + 1500

@@ -61,7 +61,7 @@ def test_every_stage_name_is_a_real_dvc_stage():
 def test_dvc_target_names_the_file_of_a_stage_outside_the_root_dvc_yaml():
     """`dvc repro` finds a bare stage name only in the root dvc.yaml; the fixes the stages print must run as shown."""
     greg = RunInfo("train", suite="mini", method="greg", arch="small_cnn", seed=0)
-    assert greg.dvc_target == "pipelines/train_mini/dvc.yaml:train_mini@greg-small_cnn-0"
+    assert greg.dvc_target == "pipelines/train_mini-greg/dvc.yaml:train_mini@greg-small_cnn-0"  # a file per method
     abl = RunInfo("evaluate", suite="mini", method="greg", arch="small_cnn", seed=1, group="ablation", label="0.1")
     assert abl.dvc_target == "pipelines/evaluate_mini_ablation/dvc.yaml:evaluate_mini_ablation@0.1-1"
     base = RunInfo("evaluate", suite="mini", method=PRETRAINED, arch="small_cnn", seed=0, group="main")

@@ -4,8 +4,8 @@ methods x archs x seeds (:func:`greg_ood.runinfo.dvc_file`; DVC rewrites a stage
 so these groups keep their own, smaller lock). A group's own file loads params.yaml as its variables and runs its
 stages in the repository root (``wdir``), so their commands, paths and dvc.lock entries read as in the root file.
 
-Methods, architectures, seeds and ablation values are read by DVC's own templating at run time (``${suites...}``), so
-``dvc exp run -S`` sweeps over them need no regeneration. What is derived here, per suite, from the template
+Architectures, seeds and ablation values are read by DVC's own templating at run time (``${suites...}``), so
+``dvc exp run -S`` sweeps over them need no regeneration; the train stages are written per method (below). What is derived here, per suite, from the template
 ``resources/dvc_suite_template.yaml``:
 
 * ``- CODE stages/<script>.py``: the stage's code deps, the script's import closure inside ``src/greg_ood``
@@ -17,7 +17,18 @@ Methods, architectures, seeds and ablation values are read by DVC's own templati
   each once, sorted; the auxiliary pool as ``${suites.<suite>.data.aux.dataset}``, so ``dvc exp run -S`` can swap
   it (:func:`data_dep_names`);
 * params: a listed key that params.yaml does not set is left out (DVC refuses a missing key; its value is then the
-  code default of ``config.py``, itself a code dep of every stage);
+  code default of ``config.py``, itself a code dep of every stage); so a key that ``dvc exp run -S +key=...`` adds
+  is tracked only where a listed key holds it, or once ``make dvc.yaml`` lists it;
+* ``- READS train METHOD`` / ``- READS train ablation`` / ``- READS method_params ablation``: the keys of the shared
+  ``train`` section (or of the ablation method's ``method_params``) whose values reach that method's settings
+  (:meth:`greg_ood.config.Config.train_reads`): not the ones its defining settings or ``method_params`` replace, nor,
+  for the lambda ablation's points, ``loss.lambda_grad`` (their own). A sub-mapping read whole is one key. So an edit
+  of ``suites.<S>.train.loss.lambda_grad`` re-runs exactly the train stages of the methods with the gradient term
+  (and what follows them), not Energy, OE, DOS or POEM, and not the ablation points;
+* ``METHOD``: a block naming it (``train_<S>``) is written once per method of the suite, each in its own file
+  (:func:`greg_ood.runinfo.dvc_file`), its matrix's method axis that one method: a DVC matrix shares one params list,
+  and each method reads different keys. Its stage names stay ``train_<S>@<method>-<arch>-<seed>``; archs and seeds
+  are still read at run time, the methods at generation (after changing ``methods``, run ``make dvc.yaml``);
 * top-level ``plots``: per suite and architecture, training loss, the input-gradient-norm monitor and the headline
   ROC curve of every method (first seed), coloured by method.
 
@@ -32,6 +43,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import config as C
+from . import registry
 from .codedeps import closure_relative
 from .openood import protocol_datasets
 from .runinfo import PIPELINES_DIR, dvc_file
@@ -43,9 +55,10 @@ HEADER = """\
 # Stage groups per suite S:  pretrain_S@<arch> -> select_S@<arch> -> train_S@<method>-<arch>-<seed>
 #   -> evaluate_S@... ; evaluate_S_pretrained@<arch> (the pretrained model, no fine-tuning: the tables' baseline row) ;
 #   train_S_ablation@<lambda>-<seed> -> evaluate_S_ablation@... ; certify_S ; report_S
-# train_S, evaluate_S, train_S_ablation and evaluate_S_ablation live in pipelines/<group>/dvc.yaml (a dvc.lock each,
-# so DVC's rewrite of the lock after every stage stays small); address one of their stages with its file, e.g.
-# `dvc repro pipelines/train_mini/dvc.yaml:train_mini@greg-small_cnn-0`.
+# evaluate_S, train_S_ablation and evaluate_S_ablation live in pipelines/<group>/dvc.yaml, train_S in one file per
+# method, pipelines/train_S-<method>/dvc.yaml, listing the params keys that method reads (a dvc.lock each, so DVC's
+# rewrite of the lock after every stage stays small); address one of their stages with its file, e.g.
+# `dvc repro pipelines/train_mini-greg/dvc.yaml:train_mini@greg-small_cnn-0`.
 # Code deps are each stage script's import closure in src/greg_ood; data deps are the datasets the stage loads.
 # `dvc repro report_mini` rebuilds the offline suite; `dvc repro` rebuilds everything declared.
 stages:
@@ -67,6 +80,7 @@ PLOT_TEMPLATE = "by_file"
 _CODE = re.compile(r"^(?P<indent> *)- CODE (?P<script>\S+)$")
 _DATA = re.compile(r"^(?P<indent> *)- DATA (?P<kinds>[a-z ]+)$")
 _PARAM = re.compile(r"^ *- (?P<key>suites\.(?P<suite>[^.\s]+)\.[^\s$]+)$")
+_READS = re.compile(r"^(?P<indent> *)- READS (?P<section>train|method_params) (?P<who>\S+)$")
 
 
 def _resource_files(files: list[str], root: Path) -> list[str]:
@@ -138,6 +152,38 @@ def data_dep_names(s: C.SuiteCfg, suite: str, kinds: list[str]) -> list[str]:
     return names
 
 
+def param_keys(prefix: str, mapping: dict, reads: list[tuple[str, ...]]) -> list[str]:
+    """DVC params keys for the paths ``reads`` of ``mapping`` (params.yaml's mapping at ``prefix``): a sub-mapping
+    whose every path is read is one key (so a key added under it later is tracked too), else its read paths one by
+    one; in params.yaml's order."""
+    leaves, want = registry.leaf_paths(mapping), set(reads)
+
+    def walk(node, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+        under = [p for p in leaves if p[:len(path)] == path]
+        if under and all(p in want for p in under):
+            return [path]
+        return [q for k, v in node.items() for q in walk(v, (*path, k))] if isinstance(node, dict) else []
+
+    return [".".join((prefix, *p)) for p in walk(mapping, ())]
+
+
+def reads_keys(cfg: C.Config, suite: str, section: str, who: str) -> list[str]:
+    """The keys of ``READS <section> <who>``: for ``train``, what method ``who`` (or the ablation's method, for
+    ``ablation``) reads of the suite's shared ``train``; for ``method_params ablation``, what the ablation's points
+    read of their method's ``method_params`` (all but their own lambda)."""
+    raw = cfg.raw["suites"][suite]
+    ablation = who == "ablation"
+    method = cfg.suite(suite).ablation.method if ablation else who
+    if section == "train":
+        return param_keys(f"suites.{suite}.train", raw.get("train") or {}, cfg.train_reads(suite, method, ablation))
+    if not ablation:
+        raise ValueError(f"dvc template: READS method_params is for the ablation; list "
+                         f"suites.{suite}.method_params.{who} instead")
+    own = (raw.get("method_params") or {}).get(method) or {}
+    return param_keys(f"suites.{suite}.method_params.{method}", own,
+                      [p for p in registry.leaf_paths(own) if p != C.ABLATION_KEY])
+
+
 def _has_key(raw: dict, dotted: str) -> bool:
     cur = raw
     for k in dotted.split("."):
@@ -159,6 +205,10 @@ def expand(text: str, root: Path, cfg: C.Config, suite: str | None = None) -> st
                 raise ValueError("dvc template: DATA deps are only valid inside a suite block")
             out += [f"{m['indent']}- ${{project.data_dir}}/prepared/{d}\n"
                     for d in data_dep_names(cfg.suite(suite), suite, m["kinds"].split())]
+        elif m := _READS.match(bare):
+            if suite is None:
+                raise ValueError("dvc template: READS params are only valid inside a suite block")
+            out += [f"{m['indent']}- {k}\n" for k in reads_keys(cfg, suite, m["section"], m["who"])]
         elif (m := _PARAM.match(bare)) and not _has_key(cfg.raw, m["key"]):
             continue
         else:
@@ -227,14 +277,17 @@ def render(cfg: C.Config, root: Path | str | None = None) -> dict[str, str]:
     template = resources.files("greg_ood").joinpath("resources/dvc_suite_template.yaml").read_text()
     out, own = [expand(HEADER, root, cfg)], {}
     for name in cfg.params.suites:
-        lead, blocks = _blocks(expand(template.replace("SUITE", name), root, cfg, suite=name))
-        out.append(lead)
+        lead, blocks = _blocks(template.replace("SUITE", name))
+        out.append(expand(lead, root, cfg, suite=name))
         for group, block in blocks:
-            path = dvc_file(group)
-            if path == "dvc.yaml":
-                out.append(block)
-            else:
-                own[path] = _own_file(group, block, path)
+            per_method = "METHOD" in block
+            for method in cfg.suite(name).methods if per_method else [None]:
+                text = expand(block.replace("METHOD", method) if per_method else block, root, cfg, suite=name)
+                path = dvc_file(f"{group}@{method}" if per_method else group)
+                if path == "dvc.yaml":
+                    out.append(text)
+                else:
+                    own[path] = _own_file(group, text, path)
     out.append("\n# Combined plots (`dvc plots show`); a suite that never ran has no files and draws no panel.\nplots:\n")
     out += [suite_plots(cfg, name) for name in cfg.params.suites]
     return {"dvc.yaml": "".join(out), **own}

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Callable, Optional
 from pydantic import AfterValidator
 
 __all__ = ["Method", "Selection", "Selector", "REGISTRY", "METHODS", "ORDER", "TERMS", "get", "trained", "display_name",
-           "check_trained", "TrainMethod", "penalty_pairs", "deep_merge", "resolve_settings"]
+           "check_trained", "TrainMethod", "penalty_pairs", "deep_merge", "resolve_settings", "leaf_paths", "replaces"]
 
 #: the loss terms a method can sum (their names are also the keys of the training logs): cross-entropy on the ID
 #: rows, the energy margin loss L_S, outlier exposure, the absent-class loss of DOS, and the GReg gradient penalty
@@ -220,3 +220,21 @@ def resolve_settings(name: str, shared: dict, override: Optional[dict]) -> dict:
     """The raw training settings of method ``name``: ``shared`` (the suite's ``train``) <- the method's defining
     settings <- ``override`` (its ``method_params``); :meth:`greg_ood.config.Config.train_cfg` validates them."""
     return deep_merge(deep_merge(shared, get(name).settings), override or {})
+
+
+def leaf_paths(mapping: Optional[dict], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The key paths of the values a nested mapping sets (a non-empty mapping is descended into; an empty one sets
+    nothing, as :func:`deep_merge` treats it), in order."""
+    out = []
+    for k, v in (mapping or {}).items():
+        if isinstance(v, dict):
+            out += leaf_paths(v, (*prefix, k))
+        else:
+            out.append((*prefix, k))
+    return out
+
+
+def replaces(path: tuple[str, ...], layer: Optional[dict]) -> bool:
+    """Whether merging ``layer`` over the settings replaces the value at ``path`` (it sets that key, or a key above
+    it to a value that is not a mapping)."""
+    return any(path[:len(p)] == p for p in leaf_paths(layer))

@@ -20,18 +20,26 @@ PRETRAINED = "pretrained"
 PIPELINES_DIR = "pipelines"
 
 
-def dvc_file(group: str) -> str:
-    """The dvc.yaml that declares the stage group ``group`` (a name before ``@``), relative to the repository root.
+def dvc_file(name: str) -> str:
+    """The dvc.yaml that declares the stage ``name`` (``train_mini@greg-small_cnn-0``), or the stage group ``name`` (a
+    name before ``@``) of a group declared in one file, relative to the repository root.
 
     The groups that grow with methods x archs x seeds (``train_<S>``, ``evaluate_<S>``, ``train_<S>_ablation``,
-    ``evaluate_<S>_ablation``) each have their own file, ``pipelines/<group>/dvc.yaml``: DVC parses and rewrites the
-    whole dvc.lock of a stage's dvc.yaml after every stage it runs, so a lock per big group keeps that rewrite a
-    fraction of one lock for all. Everything else (downloads, pretrain, select, the pretrained baseline, certify,
+    ``evaluate_<S>_ablation``) have their own files: DVC parses and rewrites the whole dvc.lock of a stage's dvc.yaml
+    after every stage it runs, so a lock per big group keeps that rewrite a fraction of one lock for all. ``train_<S>``
+    has one file per method, ``pipelines/train_<S>-<method>/dvc.yaml`` (its item starts with the method), since each
+    method lists the shared training keys it reads (a DVC matrix shares one params list); the others have
+    ``pipelines/<group>/dvc.yaml``. Everything else (downloads, pretrain, select, the pretrained baseline, certify,
     report) stays in the root ``dvc.yaml``, so ``dvc repro report_<S>`` keeps its short name."""
+    group, _, item = name.partition("@")
     kind, _, rest = group.partition("_")
-    if kind in ("train", "evaluate") and rest and not rest.endswith("_" + PRETRAINED):
-        return f"{PIPELINES_DIR}/{group}/dvc.yaml"
-    return "dvc.yaml"
+    if kind not in ("train", "evaluate") or not rest or rest.endswith("_" + PRETRAINED):
+        return "dvc.yaml"
+    if kind == "train" and not rest.endswith("_ablation"):
+        if not item:
+            raise ValueError(f"{group}: one dvc.yaml per method; name a stage (<group>@<method>-<arch>-<seed>)")
+        return f"{PIPELINES_DIR}/{group}-{item.split('-')[0]}/dvc.yaml"
+    return f"{PIPELINES_DIR}/{group}/dvc.yaml"
 
 
 def pretrained_experiment(suite: str, arch: str) -> str:
@@ -81,7 +89,7 @@ class RunInfo:
         """The stage as ``dvc repro`` addresses it: its name for a stage of the root dvc.yaml, else
         ``<file>:<name>`` (:func:`dvc_file`)."""
         name = self.dvc_stage
-        where = dvc_file(name.split("@")[0])
+        where = dvc_file(name)
         return name if where == "dvc.yaml" else f"{where}:{name}"
 
     @property
