@@ -73,7 +73,10 @@ def test_independent_stages_run_side_by_side_and_dvc_agrees(toy):
     assert (d / "c.txt").read_text() == "in-ain-b"
     assert "3 stage(s) of c to run (0 up to date), 2 at a time" in r.stdout
     for name in ("a", "b", "c"):
-        assert f"[{name}] done" in r.stdout
+        assert f"[{name}] start (" in r.stdout and f"[{name}] done" in r.stdout
+    # DVC's own lines are relayed, its boilerplate is not
+    assert "[a] Running stage 'a':" in r.stdout
+    assert "To track the changes with git" not in r.stdout and "dvc config core.autostage" not in r.stdout
     lock = yaml.safe_load((d / "dvc.lock").read_text())["stages"]
     assert set(lock) == {"a", "b", "c"}
     assert lock["c"]["outs"][0]["md5"] == hashlib.md5(b"in-ain-b").hexdigest()
