@@ -144,6 +144,17 @@ CODE_PATHS = ("src", "stages", "tools", "params.yaml", "dvc.yaml", "pipelines/*/
               "requirements.txt", "Makefile")
 
 
+def device_tags() -> dict[str, str]:
+    """Where a stage ran: ``device.cuda_visible_devices`` (the devices the runner's ``--gpus`` gave it; ``unset``
+    without) and ``device.name`` (the first visible CUDA device's name, or ``cpu``). torch is asked only if the stage
+    has imported it (download and report never do, and run on the CPU)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    name = torch.cuda.get_device_name() if torch is not None and torch.cuda.is_available() else "cpu"
+    return {"device.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), "device.name": name}
+
+
 def git_info(root: Optional[Path] = None) -> dict[str, str]:
     """``git.commit`` and ``git.dirty`` (true when a file under :data:`CODE_PATHS` differs from the commit or is new
     there)."""
@@ -311,6 +322,8 @@ def stage_run(info: RunInfo, *, params: Optional[dict] = None, resume_run_id: Op
             _check_location(r.info.artifact_uri, f"run {r.info.run_id}", root)
             run_id = r.info.run_id
             _retry(client.update_run, run_id, status="RUNNING")
+            for k, v in device_tags().items():  # a resumed stage may run on other devices
+                _retry(client.set_tag, run_id, k, v)
     if run_id is None:
         exp_id = _experiment_id(client, f"{experiment_prefix}/{suite}")
         exp = _retry(client.get_experiment, exp_id)
@@ -319,6 +332,7 @@ def stage_run(info: RunInfo, *, params: Optional[dict] = None, resume_run_id: Op
         tags = {"mlflow.runName": info.run_name, "mlflow.note.content": info.description,
                 "dvc.stage": info.dvc_stage, "stage": info.stage, "suite": suite, **info.identity()}
         tags.update(git_info())
+        tags.update(device_tags())
         if os.environ.get("DVC_EXP_NAME"):
             tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
         if config_hash:
