@@ -18,6 +18,9 @@ export PYTHONUNBUFFERED := 1
 # stages run side by side by `make mini`/`make fmnist` (greg_ood.cli.repro: each stage is still `dvc repro -s`;
 # results do not depend on it); JOBS=1 runs them one after the other, like `dvc repro report_mini`
 JOBS ?= 2
+# GPUS=all or GPUS=0,1,3: each stage that needs a GPU runs on free devices of its own (docs/scale-out.md); empty: no
+# placement, every stage sees every device
+GPUS ?=
 
 .PHONY: setup mini fmnist repro test test-fast bench bench-pipeline gpu-check rehearsal mlflow-ui mlflow-server dvc.yaml fashion-mnist readme plots summary dvc
 
@@ -42,12 +45,12 @@ fashion-mnist:
 
 mini: setup fashion-mnist
 	@git rev-parse HEAD >/dev/null 2>&1 || (echo "error: run inside the git clone of greg-ood"; exit 2)
-	time $(BIN)/python -m greg_ood.cli.repro report_mini --jobs $(JOBS)
+	time $(BIN)/python -m greg_ood.cli.repro report_mini --jobs $(JOBS) $(if $(GPUS),--gpus $(GPUS))
 	@$(BIN)/python -m greg_ood.cli.summary --suite mini
 
 fmnist: setup fashion-mnist
 	@git rev-parse HEAD >/dev/null 2>&1 || (echo "error: run inside the git clone of greg-ood"; exit 2)
-	time $(BIN)/python -m greg_ood.cli.repro report_fmnist --jobs $(JOBS)
+	time $(BIN)/python -m greg_ood.cli.repro report_fmnist --jobs $(JOBS) $(if $(GPUS),--gpus $(GPUS))
 	@$(BIN)/python -m greg_ood.cli.summary --suite fmnist
 
 # a finished suite's answer from its report files: claims with verdicts, each method's headline, where things are
