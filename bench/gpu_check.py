@@ -73,7 +73,7 @@ def bf16_check(arch: str, device: torch.device, batch: int, channels: int = 3, s
     x_id = torch.randn(batch, channels, size, size, device=device)
     y_id = torch.randint(0, 10, (batch,), device=device)
     x_aux = torch.randn(batch, channels, size, size, device=device)
-    loss = M.MethodLoss.of("greg", m_in=-25.0, m_out=-7.0)
+    loss = M.MethodLoss.of("greg")  # the paper's default margins and weights
     state = {k: v.clone() for k, v in model.state_dict().items()}
     runs = {}
     for name, ctx in (("fp32", nullcontext), ("bf16", lambda: torch.autocast(device.type, dtype=torch.bfloat16))):
@@ -84,17 +84,28 @@ def bf16_check(arch: str, device: torch.device, batch: int, channels: int = 3, s
         total.backward()
         runs[name] = ({k: float(logs[k]) for k in ("ce", "energy", "grad", "total")}, _grads(model))
     model.load_state_dict(state)
-    (la, ga), (lb, gb) = runs["fp32"], runs["bf16"]
-    out = {"arch": arch, "batch": batch, "tolerance": BF16_TOL, "loss": {}}
+    return {"arch": arch, "batch": batch, **compare_to_fp32(*runs["fp32"], *runs["bf16"])}
+
+
+def rel_l2(ref: torch.Tensor, other: torch.Tensor) -> float:
+    """``||other - ref|| / ||ref||`` of the flattened tensors (``ref`` = 0 counts as norm 1e-12)."""
+    return float((other - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+def compare_to_fp32(loss_ref: dict, grad_ref: torch.Tensor, loss: dict, grad: torch.Tensor) -> dict:
+    """The loss components and the flattened parameter gradient of a run against fp32's, judged by
+    :data:`BF16_TOL`: each loss within ``loss_rtol`` (or 1e-6 absolute), the gradient's relative L2 error and cosine
+    within ``grad_rel_l2`` / ``grad_cos``."""
+    out = {"tolerance": BF16_TOL, "loss": {}}
     ok = True
-    for k in la:
-        rel = abs(la[k] - lb[k]) / max(abs(la[k]), 1e-8)
-        out["loss"][k] = {"fp32": la[k], "bf16": lb[k], "rel_diff": rel}
-        ok &= rel <= BF16_TOL["loss_rtol"] or abs(la[k] - lb[k]) <= 1e-6
-    rel_l2 = float((gb - ga).norm() / ga.norm().clamp_min(1e-12))
-    cos = float(F.cosine_similarity(ga, gb, dim=0))
-    out["grad"] = {"rel_l2": rel_l2, "cosine": cos, "numel": int(ga.numel())}
-    out["pass"] = bool(ok and rel_l2 <= BF16_TOL["grad_rel_l2"] and cos >= BF16_TOL["grad_cos"])
+    for k in loss_ref:
+        rel = abs(loss_ref[k] - loss[k]) / max(abs(loss_ref[k]), 1e-8)
+        out["loss"][k] = {"fp32": loss_ref[k], "bf16": loss[k], "rel_diff": rel}
+        ok &= rel <= BF16_TOL["loss_rtol"] or abs(loss_ref[k] - loss[k]) <= 1e-6
+    err = rel_l2(grad_ref, grad)
+    cos = float(F.cosine_similarity(grad_ref, grad, dim=0))
+    out["grad"] = {"rel_l2": err, "cosine": cos, "numel": int(grad_ref.numel())}
+    out["pass"] = bool(ok and err <= BF16_TOL["grad_rel_l2"] and cos >= BF16_TOL["grad_cos"])
     return out
 
 
@@ -154,8 +165,9 @@ class EpochSlice:
         e = energy_of(logits)
         b = self.batch
         loss = F.cross_entropy(logits[:b], torch.as_tensor(self.id_lab[ii], device=self.device))
-        loss = loss + 0.1 * L.energy_margin_loss(e[:b], e[b:], self.m_in, self.m_out)
-        self._apply(loss + official_penalty(self.model, x, b, self.m_in, self.m_out))
+        w = self.loss.cfg
+        loss = loss + w.lambda_energy * L.energy_margin_loss(e[:b], e[b:], self.m_in, self.m_out)
+        self._apply(loss + w.lambda_grad * official_penalty(self.model, x, b, self.m_in, self.m_out))
 
 
 def merged_busy_us(intervals: list[tuple[float, float]]) -> float:
@@ -293,7 +305,7 @@ def run(device: torch.device, *, smoke: bool, out: Optional[Path], params: Path 
     result = {"machine": machine_info(device), "smoke": smoke, "suite": SUITE, "batch": batch,
               "bf16_tolerance": BF16_TOL}
     result["bench"] = step_cost.run(device=str(device), smoke=smoke, out=None, models=sizes["models"],
-                                batch=None if smoke else batch, log=log)
+                                    batch=None if smoke else batch, log=log)
     result["bf16"] = {a: bf16_check(a, device, batch, *step_cost.MODELS[a]) for a in sizes["models"]}
     result["bf16_verdict"] = ("bf16 autocast is within tolerance for every model" if
                               all(v["pass"] for v in result["bf16"].values()) else

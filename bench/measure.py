@@ -3,7 +3,6 @@ the machine the numbers come from."""
 from __future__ import annotations
 
 import json
-
 import os
 import platform
 import re
@@ -85,21 +84,25 @@ class PeakMemory:
         return False
 
 
-def timeit(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
+def timeit(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,
+           clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Call ``fn`` ``warmup`` times untimed, then ``repeats`` times, each timed by ``clock`` between device syncs;
+    returns the ``repeats`` durations in seconds, in call order."""
     for _ in range(warmup):
         fn()
     sync(device)
     out = []
     for _ in range(repeats):
         sync(device)
-        t = time.perf_counter()
+        t = clock()
         fn()
         sync(device)
-        out.append(time.perf_counter() - t)
+        out.append(clock() - t)
     return out
 
 
 def median(ts: list[float]) -> float:
+    """The median of ``ts`` as a float (the mean of the two middle values for an even count)."""
     return float(statistics.median(ts))
 
 

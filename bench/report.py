@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from greg_ood.config import LossCfg
+
 from .steps import AMP_RTOL, K
 
 
@@ -21,6 +23,7 @@ def write_markdown(result: dict, path: Path) -> None:
     mi = result["machine"]
     cfg = result["config"]
     amp = cfg.get("amp")
+    w = LossCfg()  # the loss settings every step of the benchmark uses (the paper's defaults)
     lines = [f"# Step-cost benchmark: {mi['slug']}", "",
              f"* Machine: {mi['cpu_model']}, {mi['cpu_count']} CPU cores, torch {mi['torch']} with "
              f"{mi['torch_threads']} intra-op thread(s)"
@@ -29,7 +32,8 @@ def write_markdown(result: dict, path: Path) -> None:
              f"* Mode: {'quick' if cfg['quick'] else 'full'}{' smoke' if cfg['smoke'] else ''}; median of the timed "
              f"steps after warm-up (per model below); {'bf16 autocast' if amp else 'fp32'}.",
              "* Batch (per model, column B): B ID + B random aux for energy and GReg; GReg+: C = 6B candidates, "
-             f"k = min(64, B), two-way -> 2B aux. K = {K}. Margins -25 / -7, λ_S = 0.1, λ_∇S = 1 (official reduction).",
+             f"k = min(64, B), two-way -> 2B aux. K = {K}. Margins {w.m_in:g} / {w.m_out:g}, λ_S = "
+             f"{w.lambda_energy:g}, λ_∇S = {w.lambda_grad:g} ({w.reduction} reduction).",
              f"* Load average at start / end: {mi.get('loadavg_start')} / {mi.get('loadavg_end')}."]
     if result.get("note"):
         lines.append(f"* Note: {result['note']}")

@@ -47,10 +47,10 @@ def bench_model(name: str, device: torch.device, *, B: int, C: int, k: int, warm
                                  std=STD[channels], crop_padding=pad, flip=True, seed=0, stream="cand")
     model = MD.build(name, K, in_channels=channels).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    m_in, m_out = -25.0, -7.0
     p_energy = M.MethodLoss.of("energy", lambda_grad=0.0)
     p_greg = M.MethodLoss.of("greg")
     p_plus = M.MethodLoss.of("greg_plus")
+    m_in, m_out = p_greg.cfg.m_in, p_greg.cfg.m_out  # the paper's defaults (LossCfg), for the official steps
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else nullcontext
     counter = {"i": 0}
     gen = torch.Generator(device=device)
@@ -96,8 +96,10 @@ def bench_model(name: str, device: torch.device, *, B: int, C: int, k: int, warm
             with autocast():
                 logits = model(x)
                 e = energy_of(logits)
-                loss = F.cross_entropy(logits[:B], y_id) + 0.1 * L.energy_margin_loss(e[:B], e[B:], m_in, m_out)
-                loss = loss + 1.0 * official_penalty(model, x, B, m_in, m_out)
+                w = p_greg.cfg
+                loss = F.cross_entropy(logits[:B], y_id) + w.lambda_energy * L.energy_margin_loss(e[:B], e[B:], m_in,
+                                                                                                  m_out)
+                loss = loss + w.lambda_grad * official_penalty(model, x, B, m_in, m_out)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -236,7 +238,7 @@ def amp_check(model, src_id, src_aux, device) -> dict:
     """Loss components of one GReg step in fp32 and under bf16 autocast on the same batch (no optimiser step)."""
     x_id, y_id = src_id.batch(2, 0)
     x_aux, _ = src_aux.batch(2, 0)
-    p = M.MethodLoss.of("greg", m_in=-25.0, m_out=-7.0)
+    p = M.MethodLoss.of("greg")
     state = {k: v.clone() for k, v in model.state_dict().items()}
     _, a = M.training_step(model, x_id, y_id, x_aux, p)
     model.load_state_dict(state)

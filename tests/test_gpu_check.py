@@ -46,6 +46,39 @@ def test_projection_arithmetic_with_known_step_times():
     assert not G.project_suite(cfg, "cifar10", {})["complete"]
 
 
+def test_rel_l2_of_known_perturbations_and_of_bf16_rounding():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10000, generator=g)
+    assert G.rel_l2(x, 1.05 * x) == pytest.approx(0.05, rel=1e-5)
+    u = torch.randn(10000, generator=g)
+    ortho = u - (u @ x) / (x @ x) * x  # orthogonal to x, scaled to 0.2 ||x||: rel_l2 = 0.2 exactly
+    assert G.rel_l2(x, x + 0.2 * x.norm() / ortho.norm() * ortho) == pytest.approx(0.2, rel=1e-4)
+    # bf16 keeps 8 significant bits: round to nearest errs by at most 2^-9 relative per element, so also in L2
+    err = G.rel_l2(x, x.bfloat16().float())
+    assert 2**-12 < err <= 2**-9
+
+
+def test_compare_to_fp32_judges_by_the_tolerances():
+    g = torch.Generator().manual_seed(1)
+    grad = torch.randn(1000, generator=g)
+    loss = {"ce": 2.0, "energy": 4.0, "grad": 0.0, "total": 6.0}
+    same = G.compare_to_fp32(loss, grad, dict(loss), grad.clone())
+    assert same["pass"] and same["grad"]["rel_l2"] == 0 and same["grad"]["cosine"] == pytest.approx(1.0)
+    assert same["grad"]["numel"] == 1000 and same["loss"]["ce"]["rel_diff"] == 0
+    # a loss 4 % off passes (tolerance 5 %), 6 % off fails; the zero penalty may differ by 1e-6 absolute
+    assert G.compare_to_fp32(loss, grad, {**loss, "ce": 2.08, "grad": 5e-7}, grad)["pass"]
+    off = G.compare_to_fp32(loss, grad, {**loss, "ce": 2.12}, grad)
+    assert not off["pass"] and off["loss"]["ce"]["rel_diff"] == pytest.approx(0.06)
+    # a gradient 5 % larger: rel_l2 0.05, cosine 1 -> passes; 15 % larger: rel_l2 0.15 > 0.10 -> fails
+    assert G.compare_to_fp32(loss, grad, loss, 1.05 * grad)["grad"]["rel_l2"] == pytest.approx(0.05, rel=1e-5)
+    assert G.compare_to_fp32(loss, grad, loss, 1.05 * grad)["pass"]
+    assert not G.compare_to_fp32(loss, grad, loss, 1.15 * grad)["pass"]
+    # a gradient pointing elsewhere: cosine -1 fails even where rel_l2 alone would not decide it
+    flipped = G.compare_to_fp32(loss, grad, loss, -grad)
+    assert flipped["grad"]["cosine"] == pytest.approx(-1.0) and flipped["grad"]["rel_l2"] == pytest.approx(2.0)
+    assert not flipped["pass"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 def test_without_cuda_says_so_and_runs_the_smoke_path(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # `bench` is a folder of the repository, not of the package
@@ -57,7 +90,9 @@ def test_without_cuda_says_so_and_runs_the_smoke_path(tmp_path):
     res = json.loads((tmp_path / "gpu-check-smoke.json").read_text())
     assert res["smoke"] and set(res["bench"]["models"]) == {"small_cnn"}
     bf = res["bf16"]["small_cnn"]
-    assert set(bf["loss"]) == {"ce", "energy", "grad", "total"} and 0 <= bf["grad"]["rel_l2"] and bf["pass"]
+    assert set(bf["loss"]) == {"ce", "energy", "grad", "total"} and bf["pass"]
+    # bf16 really ran (fp32 would give exactly 0) and stayed within the tolerance the verdict uses
+    assert 0 < bf["grad"]["rel_l2"] <= G.BF16_TOL["grad_rel_l2"] and bf["grad"]["cosine"] >= G.BF16_TOL["grad_cos"]
     sl = res["slice"]
     assert sl["candidates"] == 384 // 64 * 4 and sl["ours_s_per_step"] > 0 and sl["official_s_per_step"] > 0
     assert sl["busy"]["fraction"] is None and sl["busy"]["reason"] == "no CUDA device"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_resume import DRIVER, _env, _prep, _run
+from tools.resume_soak import DRIVER, driver_env as _env, prep as _prep, run_driver as _run
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SHORT = ("--epochs", "2", "--steps-per-epoch", "5")  # 10 steps, a checkpoint every 3

@@ -12,8 +12,8 @@ byte-identical, the stage's MLflow runs hold exactly one FINISHED run (the rest 
 metric steps have no duplicate, and ``dvc status`` of the stage is clean. They need the prepared ``mini`` data
 (``--data``, default ``data/`` of this repository) and shrink the mini suite (``--steps``) to stay small.
 
-    .venv/bin/python tools/resume_soak.py --kills 10 [--seed 7]
-    .venv/bin/python tools/resume_soak.py --mode kill-dvc --kills 3 --data /path/to/repo/data
+    .venv/bin/python -m tools.resume_soak --kills 10 [--seed 7]
+    .venv/bin/python -m tools.resume_soak --mode kill-dvc --kills 3 --data /path/to/repo/data
 """
 from __future__ import annotations
 
@@ -29,15 +29,106 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+import torch
+
+from tools.scratch_repo import git_commit_all, scratch_env, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from test_resume import kill_resume_compare  # noqa: E402
+#: the real training process that is killed: GReg+ on small synthetic arrays through the train stage's run_training
+DRIVER = ROOT / "tests" / "resume_driver.py"
 
 STAGE = "train_mini@oe-small_cnn-0"
 EXP = "mini-oe-small_cnn-s0"
 EDIT = ("    return F.cross_entropy(logits, labels)\n", "    return 2 * F.cross_entropy(logits, labels)\n")
+
+
+# ----------------------------------------------------------------------------------------------------- kill-stage mode
+def prep(d: Path) -> Path:
+    """A fresh work folder for one driver run: the repository's params.yaml and an empty dvc.yaml."""
+    d.mkdir(parents=True)
+    shutil.copy(ROOT / "params.yaml", d / "params.yaml")
+    (d / "dvc.yaml").write_text("stages: {}\n")
+    return d
+
+
+def driver_env(d: Path) -> dict:
+    """The driver's environment: unbuffered, and its own local MLflow store in ``d`` (no inherited tracking URI)."""
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_driver(d: Path, extra=()) -> subprocess.CompletedProcess:
+    """Run the driver to its end in ``d`` (``extra``: its options)."""
+    return subprocess.run([sys.executable, str(DRIVER), str(d), *extra], env=driver_env(d), capture_output=True,
+                          text=True, timeout=600)
+
+
+def mlflow_history(d: Path):
+    """The runs of ``d``'s MLflow store and, for its first run, the steps logged for three metrics."""
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{d / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("greg-ood/mini")
+    runs = c.search_runs([exp.experiment_id])
+    hist = {k: [m.step for m in c.get_metric_history(runs[0].info.run_id, k)]
+            for k in ("loss/total", "loss/grad_penalty", "train/lr")}
+    return runs, hist
+
+
+def csv_steps(path: Path) -> list[int]:
+    """The step column of a training CSV, in file order."""
+    import csv
+
+    return [int(r["step"]) for r in csv.DictReader(path.open(newline=""))]
+
+
+def kill_resume_compare(base: Path, n_kills: int, seed: int = 1234, driver_args=()) -> dict:
+    """Reference run, then a run SIGKILLed ``n_kills`` times at random moments (each after a fresh checkpoint) and
+    finally resumed to completion; returns what differs (empty lists = identical)."""
+    ref = prep(base / "ref")
+    r = run_driver(ref, driver_args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref_w = torch.load(ref / "out" / "model.pt", weights_only=True)["model"]
+    killed = prep(base / "killed")
+    rnd = random.Random(seed)
+    kills = 0
+    for _ in range(n_kills * 4):
+        if kills >= n_kills:
+            break
+        p = subprocess.Popen([sys.executable, str(DRIVER), str(killed), "--slow", "0.15", *driver_args],
+                             env=driver_env(killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             start_new_session=True)
+        # wait until training has written a (newer) checkpoint, then kill at a random moment: inside a step,
+        # between steps, or while the next checkpoint is being written
+        ck = killed / "ckpt" / "run.pt"
+        before = ck.stat().st_mtime_ns if ck.exists() else 0
+        deadline = time.time() + 120
+        while p.poll() is None and time.time() < deadline and not (ck.exists() and ck.stat().st_mtime_ns != before):
+            time.sleep(0.05)
+        time.sleep(rnd.uniform(0.0, 1.5))
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            kills += 1
+        else:
+            break
+    r = run_driver(killed, driver_args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got_w = torch.load(killed / "out" / "model.pt", weights_only=True)["model"]
+    runs_ref, hist_ref = mlflow_history(ref)
+    runs_k, hist_k = mlflow_history(killed)
+    return {
+        "kills": kills,
+        "weights_differ": [k for k in ref_w if not torch.equal(ref_w[k], got_w[k])],
+        "mlflow_runs": len(runs_k),
+        "status": runs_k[0].info.status,
+        "curves_differ": [k for k in hist_ref if sorted(hist_k[k]) != sorted(hist_ref[k])
+                          or len(set(hist_k[k])) != len(hist_k[k])],
+        "csv_identical": (killed / "out" / "train.csv").read_bytes() == (ref / "out" / "train.csv").read_bytes(),
+        "csv_steps": {name: csv_steps(d / "out" / "train.csv") for name, d in (("ref", ref), ("killed", killed))},
+    }
 
 
 def kill_stage(args) -> dict:
@@ -51,15 +142,8 @@ def kill_stage(args) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- DVC modes
-def _env(repo: Path) -> dict:
-    """The environment of a command in the scratch copy ``repo``: its own code, its own local MLflow store."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(DVC_NO_ANALYTICS="1", PYTHONPATH=str(repo / "src"), PYTHONUNBUFFERED="1")
-    return env
-
-
 def _sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, cwd=cwd, env=_env(cwd), capture_output=True, text=True, timeout=3600)
+    r = subprocess.run(cmd, cwd=cwd, env=scratch_env(cwd), capture_output=True, text=True, timeout=3600)
     if check and r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed in {cwd}:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
     return r
@@ -76,15 +160,11 @@ def _clone(dest: Path, data: Path, steps: int) -> Path:
     shutil.copytree(ROOT / "src", dest / "src", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     (dest / "data").mkdir(exist_ok=True)
     shutil.copytree(data / "prepared", dest / "data" / "prepared", dirs_exist_ok=True)
-    raw = yaml.safe_load((dest / "params.yaml").read_text())
-    m = raw["suites"]["mini"]
-    m["pretrain"].update(epochs=1, steps_per_epoch=steps)
-    m["select"].update(n_clusters=10)
-    m["train"].update(epochs=2, steps_per_epoch=steps, checkpoint_every=5)
-    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=soak", "-c", "user.email=soak@localhost", "commit", "-qm", "soak copy"]):
-        _sh(cmd, dest)
+    write_params(ROOT / "params.yaml", dest / "params.yaml", {
+        "suites.mini.pretrain.epochs": 1, "suites.mini.pretrain.steps_per_epoch": steps,
+        "suites.mini.select.n_clusters": 10, "suites.mini.train.epochs": 2,
+        "suites.mini.train.steps_per_epoch": steps, "suites.mini.train.checkpoint_every": 5})
+    git_commit_all(dest, scratch_env(dest), "soak copy")
     return dest
 
 
@@ -115,7 +195,7 @@ def _kill_dvc_during_training(repo: Path, rnd: random.Random) -> bool:
     """Start ``dvc repro``, SIGKILL the dvc process (only it) after a fresh checkpoint; False if it finished."""
     ck = _ckpt(repo)
     before = ck.stat().st_mtime_ns if ck.exists() else 0
-    p = subprocess.Popen([_dvc(), "repro", STAGE], cwd=repo, env=_env(repo), stdout=subprocess.DEVNULL,
+    p = subprocess.Popen([_dvc(), "repro", STAGE], cwd=repo, env=scratch_env(repo), stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     while p.poll() is None and not (ck.exists() and ck.stat().st_mtime_ns != before):
         time.sleep(0.1)
