@@ -135,3 +135,89 @@ def test_committed_dvc_yaml_matches_params():
 
     for rel, text in render(C.load(ROOT / "params.yaml")).items():
         assert (ROOT / rel).read_text() == text, f"{rel} is stale: run `make dvc.yaml`"
+
+
+# ------------------------------------------------------------------------------------------ one source per setting
+LAMBDA_GRAD = {"energy": 0.0, "oe": 0.0, "dos": 0.0, "poem": 0.0, "oe_grad": 3.0, "greg": 3.0, "greg_plus": 3.0,
+               "poem_grad": 3.0}
+
+
+def test_the_shared_lambda_reaches_every_method_with_the_gradient_term():
+    raw = copy.deepcopy(RAW)
+    raw["suites"]["mini"]["train"]["loss"]["lambda_grad"] = 3.0
+    cfg = C.validate(raw)
+    assert {m: cfg.train_cfg("mini", m).loss.lambda_grad for m in cfg.suite("mini").methods} == LAMBDA_GRAD
+    assert {e.label: e.train.loss.lambda_grad for e in cfg.experiments("mini") if e.group == "ablation"} == \
+        {"0.1": 0.1, "10.0": 10.0}  # the ablation points keep their own lambda
+    # a per-method value is a deliberate exception, for that method alone
+    raw["suites"]["mini"]["method_params"]["greg"] = {"loss": {"lambda_grad": 5.0}}
+    cfg = C.validate(raw)
+    assert {m: cfg.train_cfg("mini", m).loss.lambda_grad for m in cfg.suite("mini").methods} == \
+        {**LAMBDA_GRAD, "greg": 5.0}
+
+
+def test_a_shared_value_every_reader_overrides_is_refused_naming_both_keys():
+    raw = copy.deepcopy(RAW)
+    for m in ("oe_grad", "greg", "greg_plus", "poem_grad"):
+        raw["suites"]["mini"]["method_params"][m] = {"loss": {"lambda_grad": 2.0}}
+    with pytest.raises(C.ConfigError) as ei:
+        C.validate(raw)
+    msg = str(ei.value)
+    assert "suites.mini.train.loss.lambda_grad never takes effect" in msg
+    assert "suites.mini.method_params.oe_grad.loss.lambda_grad" in msg and "greg_plus, poem_grad" in msg
+    assert msg.count(". ") == 0 and "delete the per-method values" in msg  # one sentence, with the fix
+    # the same rule for any shared key: mini with Energy and GReg, both on their own learning rate
+    raw = copy.deepcopy(RAW)
+    mini = raw["suites"]["mini"]
+    mini.update(methods=["energy", "greg"], grad_ablation={"pairs": [["energy", "greg"]]})
+    for m in ("energy", "greg"):
+        mini["method_params"][m] = {"optimizer": {"lr": 0.02}}
+    with pytest.raises(C.ConfigError, match=r"suites\.mini\.train\.optimizer\.lr never takes effect, because "
+                                            r"suites\.mini\.method_params\.energy\.optimizer\.lr"):
+        C.validate(raw)
+    # one reader left is enough: GReg takes the shared rate again
+    del mini["method_params"]["greg"]["optimizer"]
+    C.validate(raw)
+
+
+def test_a_key_only_fixed_by_method_definitions_is_no_error():
+    """A suite of Energy and OE only: lambda_grad is fixed to 0 by both definitions, nobody overrides it by hand (the
+    value is for methods the suite does not run now); the ablation's method still reads the rest of `train`."""
+    raw = copy.deepcopy(RAW)
+    mini = raw["suites"]["mini"]
+    mini.update(methods=["energy", "oe"], grad_ablation={"pairs": []})
+    mini["certify"]["methods"] = ["energy"]
+    cfg = C.validate(raw)
+    assert ("loss", "lambda_grad") not in cfg.train_reads("mini", "energy")
+    assert ("loss", "lambda_grad") not in cfg.train_reads("mini", "greg", ablation=True)
+    assert ("loss", "lambda_energy") in cfg.train_reads("mini", "greg", ablation=True)
+
+
+def _old_params() -> dict:
+    """params.yaml before the one-source change (c083692), its training sections on the current file."""
+    r = subprocess.run(["git", "show", "c083692:params.yaml"], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"needs the repository's git history (commit c083692): {r.stderr.strip()}")
+    old, raw = yaml.safe_load(r.stdout), copy.deepcopy(RAW)
+    assert set(old["suites"]) == set(raw["suites"])
+    for name, s in old["suites"].items():
+        for key in ("methods", "train", "method_params", "ablation"):
+            raw["suites"][name][key] = s[key]
+    return raw
+
+
+def test_resolved_settings_of_every_experiment_are_unchanged_by_the_one_source_cleanup():
+    """Removing the lambda_grad repeats from method_params changes no experiment of any suite (so no committed
+    result), and the old file, whose shared lambda every reader overrode, is now refused."""
+    old = _old_params()
+    before_cfg = C.Config(C.Params.model_validate(old), old, ROOT / "params.yaml")  # resolved without the new check
+    after_cfg = C.load(ROOT / "params.yaml")
+    n = 0
+    for s in after_cfg.params.suites:
+        before = {e.name: e.train.model_dump() for e in before_cfg.experiments(s)}
+        after = {e.name: e.train.model_dump() for e in after_cfg.experiments(s)}
+        assert before == after, s
+        n += len(after)
+    assert n > 100
+    with pytest.raises(C.ConfigError, match=r"suites\.mini\.train\.loss\.lambda_grad never takes effect"):
+        C.validate(old)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from greg_ood import config as C
+from greg_ood import registry
 from greg_ood.codedeps import closure_relative
 from greg_ood.dvcgen import dvc_files, render
 from greg_ood.runinfo import dvc_file
@@ -93,18 +94,78 @@ def test_committed_dvc_files_are_dvcgen_output():
 
 
 def test_big_groups_have_their_own_file_and_run_in_the_repository_root():
-    """train/evaluate (and their ablation) groups each in pipelines/<group>/dvc.yaml with params.yaml as variables
-    and the root as working directory (so commands, paths and lock entries read as in the root file); the rest, the
-    report stages that `dvc repro report_<S>` names included, in the root dvc.yaml."""
+    """train (one file per method), evaluate and their ablation groups each in a pipelines/ dvc.yaml of their own
+    with params.yaml as variables and the root as working directory (so commands, paths and lock entries read as in
+    the root file); the rest, the report stages that `dvc repro report_<S>` names included, in the root dvc.yaml."""
     root_groups = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
     assert all(dvc_file(g) == "dvc.yaml" for g in root_groups)
-    for s in C.load(ROOT / "params.yaml").params.suites:
+    cfg = C.load(ROOT / "params.yaml")
+    for s in cfg.params.suites:
         assert {f"report_{s}", f"certify_{s}", f"pretrain_{s}", f"evaluate_{s}_pretrained"} <= root_groups
-        for g in (f"train_{s}", f"evaluate_{s}", f"train_{s}_ablation", f"evaluate_{s}_ablation"):
-            assert g not in root_groups
-            doc = yaml.safe_load((ROOT / dvc_file(g)).read_text())
-            assert dvc_file(g) == f"pipelines/{g}/dvc.yaml" and list(doc["stages"]) == [g]
-            assert doc["vars"] == ["../../params.yaml"] and doc["stages"][g]["wdir"] == "../.."
+        files = {f"evaluate_{s}": f"pipelines/evaluate_{s}/dvc.yaml"}
+        files |= {f"{g}_{s}_ablation": f"pipelines/{g}_{s}_ablation/dvc.yaml" for g in ("train", "evaluate")}
+        files |= {f"train_{s}@{m}-x-0": f"pipelines/train_{s}-{m}/dvc.yaml" for m in cfg.suite(s).methods}
+        for name, path in files.items():
+            group = name.split("@")[0]
+            assert group not in root_groups and dvc_file(name) == path
+            doc = yaml.safe_load((ROOT / path).read_text())
+            assert list(doc["stages"]) == [group]
+            assert doc["vars"] == ["../../params.yaml"] and doc["stages"][group]["wdir"] == "../.."
+            if "@" in name:  # the matrix of the method's own file has that method alone: names stay <group>@<m>-...
+                assert doc["stages"][group]["matrix"]["method"] == [name.split("@")[1].split("-")[0]]
+    with pytest.raises(ValueError, match="one dvc.yaml per method"):
+        dvc_file("train_mini")
+
+
+def _covered(keys: list[str], dotted: str) -> bool:
+    """Whether a DVC params list ``keys`` tracks the value at ``dotted`` (the key itself or one above it)."""
+    return any(dotted == k or dotted.startswith(k + ".") for k in keys)
+
+
+def _per_method_params() -> dict[tuple[str, str], list[str]]:
+    """(suite, method) -> the params keys of its train stages; (suite, "ablation") -> the ablation's."""
+    out = {}
+    for s, suite in C.load(ROOT / "params.yaml").params.suites.items():
+        for m in suite.methods:
+            out[s, m] = yaml.safe_load((ROOT / f"pipelines/train_{s}-{m}/dvc.yaml").read_text()
+                                       )["stages"][f"train_{s}"]["params"]
+        out[s, "ablation"] = yaml.safe_load((ROOT / f"pipelines/train_{s}_ablation/dvc.yaml").read_text()
+                                            )["stages"][f"train_{s}_ablation"]["params"]
+    return out
+
+
+def test_each_train_stage_lists_exactly_the_shared_keys_its_method_reads():
+    """The shared lambda is a dep of the methods with the gradient term only, never of the ablation points (their
+    lambda is their own); a key a method's definition or method_params replaces is no dep of that method; and for
+    every suite, method and key of `train`, tracked == read (Config.train_reads)."""
+    ps = _per_method_params()
+    lg = "suites.mini.train.loss.lambda_grad"
+    assert {m for (s, m), keys in ps.items() if s == "mini" and _covered(keys, lg)} == \
+        {"oe_grad", "greg", "greg_plus", "poem_grad"}
+    assert "suites.mini.train" in ps["mini", "greg"]  # nothing replaced: the whole section, so added keys count too
+    assert "suites.mini.train.loss.m_in" in ps["mini", "energy"] and "suites.mini.train.optimizer" in ps["mini", "energy"]
+    assert not _covered(ps["mini", "oe"], "suites.mini.train.loss.lambda_energy")  # OE: lambda_energy 0 by definition
+    assert not _covered(ps["mini", "dos"], "suites.mini.train.sampling.two_way")  # DOS: one-way by definition
+    assert _covered(ps["mini", "ablation"], "suites.mini.train.loss.lambda_energy")
+    assert not _covered(ps["mini", "ablation"], "suites.mini.method_params.greg")  # {}: nothing but lambda to track
+    gp = ps["cifar10", "greg_plus"]  # from scratch, its own epochs, optimizer and schedule (method_params)
+    assert not any(_covered(gp, f"suites.cifar10.train.{k}") for k in ("init", "epochs", "optimizer.lr",
+                                                                         "schedule.milestones"))
+    assert _covered(gp, "suites.cifar10.train.optimizer.momentum") and "suites.cifar10.method_params.greg_plus" in gp
+    cfg = C.load(ROOT / "params.yaml")
+    for (s, m), keys in ps.items():
+        method = cfg.suite(s).ablation.method if m == "ablation" else m
+        reads = set(cfg.train_reads(s, method, ablation=m == "ablation"))
+        for path in registry.leaf_paths(cfg.raw["suites"][s]["train"]):
+            assert _covered(keys, ".".join((f"suites.{s}.train", *path))) == (path in reads), (s, m, path)
+
+
+def test_evaluate_stages_list_no_training_keys():
+    """An evaluation reads its model (a dep) and the eval settings; the training keys reach it through the model, so
+    a changed lambda re-runs the evaluations of the re-trained models only."""
+    for g in ("evaluate_mini", "evaluate_mini_ablation"):
+        keys = yaml.safe_load((ROOT / f"pipelines/{g}/dvc.yaml").read_text())["stages"][g]["params"]
+        assert not [k for k in keys if k.startswith("suites.mini.train")], keys
 
 
 def test_every_stage_code_deps_equal_its_import_closure(committed):
@@ -187,8 +248,14 @@ def test_checkpoints_are_not_dvc_outs_and_summary_is_the_suite_metric(committed)
         assert not [o for o in _paths(body.get("outs", [])) if o.startswith("checkpoints/")], name
         if not name.startswith("report_"):
             assert "metrics" not in body, name
+    # the offline suites' summaries are DVC metrics; the paper suites' are plain outputs, so `dvc metrics show/diff`
+    # on a fresh clone (no cifar/imagenet results) reads only files that exist: no "failed to load some metrics"
     for s in C.load(ROOT / "params.yaml").params.suites:
-        assert st[f"report_{s}"]["metrics"] == [{f"metrics/{s}/summary": {"cache": False}}]
+        summary = {f"metrics/{s}/summary": {"cache": False}}
+        if s in ("mini", "fmnist"):
+            assert st[f"report_{s}"]["metrics"] == [summary], s
+        else:
+            assert "metrics" not in st[f"report_{s}"] and summary in st[f"report_{s}"]["outs"], s
 
 
 def test_top_level_plots_combine_methods(committed):

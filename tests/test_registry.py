@@ -174,3 +174,14 @@ def test_every_logged_key_has_a_csv_column():
         # Energy, without a penalty, logs the same margin fractions and the true input-gradient norms as GReg
         assert {"active_frac_id", "active_frac_aux", "energy_id_p50", "energy_aux_p95", "monitor_gradnorm_id",
                 "monitor_gradnorm_aux"} <= logged, name
+
+
+def test_leaf_paths_and_replaces():
+    """What a settings layer sets (an empty mapping sets nothing, as deep_merge treats it) and what it replaces."""
+    layer = {"loss": {"lambda_grad": 0.0, "m_in": -1.0}, "poem": {}, "sampling": {"start": 16}, "init": "scratch"}
+    assert registry.leaf_paths(layer) == [("loss", "lambda_grad"), ("loss", "m_in"), ("sampling", "start"), ("init",)]
+    assert registry.replaces(("loss", "lambda_grad"), layer) and not registry.replaces(("loss", "m_out"), layer)
+    assert registry.replaces(("sampling", "start"), registry.get("dos").settings)
+    assert not registry.replaces(("loss", "lambda_grad"), registry.get("greg").settings)
+    assert registry.replaces(("optimizer", "lr"), {"optimizer": "adam"})  # a value above the key replaces it
+    assert not registry.replaces(("poem", "target"), {"poem": {}})

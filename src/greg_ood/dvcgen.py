@@ -29,6 +29,10 @@ Architectures, seeds and ablation values are read by DVC's own templating at run
   (:func:`greg_ood.runinfo.dvc_file`), its matrix's method axis that one method: a DVC matrix shares one params list,
   and each method reads different keys. Its stage names stay ``train_<S>@<method>-<arch>-<seed>``; archs and seeds
   are still read at run time, the methods at generation (after changing ``methods``, run ``make dvc.yaml``);
+* ``SUMMARY <path>``: the report's summary (one JSON per method and arch), DVC ``metrics`` for a suite that runs
+  offline (every dataset it reads is built on this machine: :func:`offline`), a plain output for the paper suites:
+  ``dvc metrics show`` / ``diff`` and ``dvc exp show`` then read the summaries a fresh clone has, with no "failed to
+  load some metrics" for suites that never ran (``dvc metrics show metrics/cifar10/summary`` shows one that did);
 * top-level ``plots``: per suite and architecture, training loss, the input-gradient-norm monitor and the headline
   ROC curve of every method (first seed), coloured by method.
 
@@ -80,6 +84,7 @@ PLOT_TEMPLATE = "by_file"
 _CODE = re.compile(r"^(?P<indent> *)- CODE (?P<script>\S+)$")
 _DATA = re.compile(r"^(?P<indent> *)- DATA (?P<kinds>[a-z ]+)$")
 _PARAM = re.compile(r"^ *- (?P<key>suites\.(?P<suite>[^.\s]+)\.[^\s$]+)$")
+_SUMMARY = re.compile(r"^(?P<indent> *)SUMMARY (?P<path>\S+)$")
 _READS = re.compile(r"^(?P<indent> *)- READS (?P<section>train|method_params) (?P<who>\S+)$")
 
 
@@ -139,6 +144,14 @@ def suite_datasets(s: C.SuiteCfg, kinds: list[str]) -> list[str]:
         noise = [o.dataset for o in s.data.ood if o.dataset in NOISE_DATASETS]
         names.update(noise + ([s.data.aux.dataset] if noise else []))
     return sorted(names)
+
+
+def offline(s: C.SuiteCfg) -> bool:
+    """Whether every dataset suite ``s`` reads is built offline (the data registry's ``mini`` benchmark: Debian,
+    scikit-learn, scikit-image and generated data), so that a fresh clone can run it and commits its results."""
+    from .data.sources import DATASETS
+
+    return all(DATASETS[d].benchmark == "mini" for d in suite_datasets(s, ["id", "aux", "ood", "protocol"]))
 
 
 def data_dep_names(s: C.SuiteCfg, suite: str, kinds: list[str]) -> list[str]:
@@ -205,6 +218,11 @@ def expand(text: str, root: Path, cfg: C.Config, suite: str | None = None) -> st
                 raise ValueError("dvc template: DATA deps are only valid inside a suite block")
             out += [f"{m['indent']}- ${{project.data_dir}}/prepared/{d}\n"
                     for d in data_dep_names(cfg.suite(suite), suite, m["kinds"].split())]
+        elif m := _SUMMARY.match(bare):
+            if suite is None:
+                raise ValueError("dvc template: SUMMARY is only valid inside a suite block")
+            ind, entry = m["indent"], f"{m['indent']}  - {m['path']}:\n{m['indent']}      cache: false\n"
+            out += [f"{ind}metrics:\n" + entry if offline(cfg.suite(suite)) else entry]
         elif m := _READS.match(bare):
             if suite is None:
                 raise ValueError("dvc template: READS params are only valid inside a suite block")
