@@ -69,10 +69,11 @@ class SlurmCluster:
         """What client commands (sbatch, squeue, ...) need to reach this cluster."""
         return {"SLURM_CONF": str(self.conf)}
 
-    def _cpus(self) -> int:
+    def _node(self) -> tuple[int, int]:
+        """The node's CPUs and memory (MB) as ``slurmd -C`` sees them."""
         out = subprocess.run([_which("slurmd"), "-C"], capture_output=True, text=True, timeout=30).stdout
-        m = re.search(r"\bCPUs=(\d+)", out)
-        return int(m.group(1)) if m else (os.cpu_count() or 1)
+        cpus, mem = re.search(r"\bCPUs=(\d+)", out), re.search(r"\bRealMemory=(\d+)", out)
+        return int(cpus.group(1)) if cpus else (os.cpu_count() or 1), int(mem.group(1)) if mem else 1024
 
     def _start_munge(self) -> None:
         mu = pwd.getpwnam("munge")
@@ -91,7 +92,7 @@ class SlurmCluster:
     def _write_conf(self) -> None:
         for d in ("state", "spool", "log"):
             (self.base / d).mkdir()
-        cpus = self._cpus()
+        cpus, mem = self._node()
         self.ctld_port, self.slurmd_port = _free_port(), _free_port()
         self.conf.write_text(f"""\
 ClusterName=gregtest
@@ -124,7 +125,7 @@ KillWait={self.kill_wait}
 MinJobAge=3600
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName={self.node} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
+NodeName={self.node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem} State=UNKNOWN
 PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """)
 

@@ -245,7 +245,13 @@ def submit(jobs: list[Job], root: Path, cluster: Cluster, env: dict, force: bool
     ids: dict[str, str] = {}
     for job in jobs:
         up = Job(job.stage, job.flags, [ids[s] for s in job.after])
-        job.job_id = ids[job.stage] = sbatch(up, root, cluster, env, force)
+        try:
+            job.job_id = ids[job.stage] = sbatch(up, root, cluster, env, force)
+        except ClusterError:
+            if ids:  # all or nothing: a half-submitted plan would run without the rest
+                subprocess.run(["scancel", *ids.values()], env=env, capture_output=True, timeout=120)
+                print(f"cancelled the {len(ids)} job(s) already submitted", file=sys.stderr)
+            raise
         job.log = str(log_path(root, cluster, job.stage)).replace("%j", job.job_id)
         print(f"[{short(job.stage)}] job {job.job_id}" + (f" after {', '.join(ids[s] for s in job.after)}"
                                                           if job.after else ""), flush=True)
