@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from greg_ood import certify as CT
-from greg_ood import pipeline, tracking
+from greg_ood import pipeline, preflight, tracking
 from greg_ood.data import iter_eval
 from greg_ood.evaluation import forward_all
 from greg_ood.io import write_json_atomic, write_npz_atomic
@@ -24,8 +24,13 @@ def main() -> None:
     seeds = cc.seeds if cc.seeds is not None else s.seeds  # every seed by default: the claims pair them
     device = pipeline.init_runtime(cfg, seeds[0])
     P = pipeline.paths(cfg)
-    sd = pipeline.suite_data(cfg, args.suite, aux=False, ood=True)
     out = P.certify(args.suite)
+    trained = [cfg.experiment(args.suite, m, arch, sd_) for m in cc.methods for sd_ in seeds]
+    preflight.check(preflight.Needs(
+        outputs=[out / "certify.json"], data_dir=P.data,
+        inputs=[(P.model(args.suite, e.name), f"dvc repro {RunInfo.of_experiment('train', e).dvc_target}")
+                for e in trained]))
+    sd = pipeline.suite_data(cfg, args.suite, aux=False, ood=True)
     rng = np.random.RandomState(0)
     sets = {"id": sd.id_test.images, **{k: v.images for k, v in sd.ood.items()}}
     sets = {k: v[np.sort(rng.choice(len(v), min(cc.count, len(v)), replace=False))] for k, v in sets.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from urllib.parse import urlparse
 
-from greg_ood import data, stagecli, tracking
+from greg_ood import data, preflight, stagecli, tracking
 from greg_ood.runguard import StageError
 from greg_ood.runinfo import RunInfo
 
@@ -21,6 +21,7 @@ def main() -> None:
     opts = cfg.dataset_options(args.dataset)
     info = RunInfo("download", dataset=args.dataset)
     ddir = stagecli.paths(cfg).data
+    preflight.check(preflight.Needs(outputs=[ddir / "prepared" / args.dataset / "manifest.json"], data_dir=ddir))
     reused = (ddir / "prepared" / args.dataset / "manifest.json").is_file()
     with tracking.stage_run(info, params={"options": opts},
                             experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:

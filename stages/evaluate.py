@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from greg_ood import openood_eval, pipeline, registry, tracking
+from greg_ood import openood_eval, pipeline, preflight, registry, tracking
 from greg_ood.evaluation import evaluate
 from greg_ood.io import write_json_atomic, write_npz_atomic
 from greg_ood.runinfo import PRETRAINED, RunInfo, eval_metrics, pretrained_experiment, summary_metrics
@@ -49,6 +49,10 @@ def main() -> None:
     ev = s.eval
     device = pipeline.init_runtime(cfg, info.seed)
     P = pipeline.paths(cfg)
+    preflight.check(preflight.Needs(
+        outputs=[P.metrics(args.suite, name), P.results(args.suite, name), P.scores(args.suite, name),
+                 P.roc(args.suite, name), P.roc_all(args.suite, name)],
+        inputs=[(sub.weights, f"dvc repro {sub.weights_stage}")], data_dir=P.data))
     sd = pipeline.suite_data(cfg, args.suite, aux=False, ood=True)
     model = pipeline.load_model(sub.weights, pipeline.build_model(cfg, args.suite, args.arch, sub.layout), device,
                                 stage=sub.weights_stage)

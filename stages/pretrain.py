@@ -1,7 +1,7 @@
 """pretrain_<S>@<arch>: plain cross-entropy training on the ID set (the model GReg fine-tunes)."""
 from __future__ import annotations
 
-from greg_ood import pipeline
+from greg_ood import pipeline, preflight
 from greg_ood.runinfo import RunInfo
 from greg_ood.runlog import RunRecord, run_training
 from greg_ood.trainer import Job, Sources
@@ -13,8 +13,13 @@ def main() -> None:
     pc = s.pretrain
     device = pipeline.init_runtime(cfg, pc.seed)
     P = pipeline.paths(cfg)
+    out_files = [P.pretrained(args.suite, args.arch), P.pretrain_csv(args.suite, args.arch)]
+    preflight.check(preflight.Needs(outputs=out_files, checkpoint=P.pretrain_checkpoint(args.suite, args.arch),
+                                    inputs=[(P.prepared(s.data.id.dataset), f"dvc repro download@{s.data.id.dataset}")],
+                                    data_dir=P.data))
     sd = pipeline.suite_data(cfg, args.suite, aux=False, ood=False)
     model = pipeline.build_model(cfg, args.suite, args.arch, "ce").to(device)
+    preflight.check_free_space(out_files, preflight.training_bytes(model, pc.optimizer.name))
     src = pipeline.id_source(sd, cfg, args.suite, batch_size=pc.batch_size, seed=pc.seed, device=device)
     record = RunRecord(
         info=RunInfo("pretrain", suite=args.suite, arch=args.arch, method="ce", seed=pc.seed),

@@ -4,7 +4,7 @@ noise finding and figures under reports/<suite>/, and one summary metrics file p
 metrics/<suite>/summary/."""
 from __future__ import annotations
 
-from greg_ood import stagecli, tracking
+from greg_ood import preflight, stagecli, tracking
 from greg_ood.report.noise import noise_inputs
 from greg_ood.report.suite import build_suite_report
 from greg_ood.runinfo import RunInfo, pretrained_experiment
@@ -20,6 +20,7 @@ def main() -> None:
     if missing:
         raise SystemExit(f"error: results missing for {len(missing)} experiments, e.g. {missing[:3]}; run "
                          f"`dvc repro report_{args.suite}` (it runs the evaluate stages first)")
+    preflight.check(preflight.Needs(outputs=[P.report(args.suite) / "main.csv"]))
     with tracking.stage_run(RunInfo("report", suite=args.suite),
                             params={"experiments": [e.name for e in exps]},
                             experiment_prefix=cfg.params.mlflow.experiment_prefix) as run:

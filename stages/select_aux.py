@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from greg_ood import data as D
-from greg_ood import openood_eval, pipeline, tracking
+from greg_ood import openood_eval, pipeline, preflight, tracking
 from greg_ood.evaluation import forward_all
 from greg_ood.io import atomic_open, write_json_atomic
 from greg_ood.report.fig_selection import plot_selection
@@ -31,6 +31,11 @@ def main() -> None:
     sc = s.select
     device = pipeline.init_runtime(cfg, sc.seed)
     P = pipeline.paths(cfg)
+    out = P.selection(args.suite, args.arch)
+    pretrain = RunInfo("pretrain", suite=args.suite, arch=args.arch).dvc_target
+    preflight.check(preflight.Needs(outputs=[out / "indices.npy", out / "summary.json", out / "selection.png"],
+                                    inputs=[(P.pretrained(args.suite, args.arch), f"dvc repro {pretrain}")],
+                                    data_dir=P.data))
     sd = pipeline.suite_data(cfg, args.suite, aux=True, ood=True)
     model = pipeline.load_model(P.pretrained(args.suite, args.arch),
                                 pipeline.build_model(cfg, args.suite, args.arch, "ce"), device,

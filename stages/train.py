@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from greg_ood import pipeline
+from greg_ood import pipeline, preflight
 from greg_ood.distributed import distributed_context, relaunch_under_torchrun
 from greg_ood.runinfo import RunInfo
 from greg_ood.runlog import RunRecord, run_training
@@ -28,12 +28,19 @@ def main() -> None:
         if dist is not None:
             pipeline.init_runtime(cfg, args.seed)
         P = pipeline.paths(cfg)
-        sd = pipeline.suite_data(cfg, args.suite, aux=True, ood=False)
         d = cfg.suite(args.suite).data
-        model = pipeline.build_model(cfg, args.suite, args.arch, args.method)
+        out_files = [P.model(args.suite, exp.name), P.train_csv(args.suite, exp.name)]
+        pretrain = RunInfo("pretrain", suite=args.suite, arch=args.arch).dvc_target
+        inputs = [(P.prepared(ds), f"dvc repro download@{ds}") for ds in (d.id.dataset, d.aux.dataset)]
         if t.init == "pretrained":
-            pipeline.load_model(P.pretrained(args.suite, args.arch), model, device,
-                                stage=RunInfo("pretrain", suite=args.suite, arch=args.arch).dvc_target)
+            inputs.append((P.pretrained(args.suite, args.arch), f"dvc repro {pretrain}"))
+        preflight.check(preflight.Needs(outputs=out_files, checkpoint=P.checkpoint(args.suite, exp.name),
+                                        inputs=inputs, data_dir=P.data, mlflow=dist is None or dist.is_main))
+        sd = pipeline.suite_data(cfg, args.suite, aux=True, ood=False)
+        model = pipeline.build_model(cfg, args.suite, args.arch, args.method)
+        preflight.check_free_space(out_files, preflight.training_bytes(model, t.optimizer.name))
+        if t.init == "pretrained":
+            pipeline.load_model(P.pretrained(args.suite, args.arch), model, device, stage=pretrain)
         model = model.to(device)
         sel = P.selection(args.suite, args.arch) / "indices.npy"
         indices = np.load(sel) if sel.exists() else None

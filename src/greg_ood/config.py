@@ -16,6 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from . import registry
+from .errors import UserError
 from .config_errors import _arch_option_names, _check_names, _format_errors, _has
 from .registry import TrainMethod
 
@@ -24,7 +25,7 @@ SCORES = ("energy", "msp", "max_logit", "odin", "mahalanobis", "absent_class")
 SUITES = ("mini", "fmnist", "cifar10", "cifar100", "imagenet")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A problem in params.yaml (or a value derived from it); the message names the key and the fix."""
 
 

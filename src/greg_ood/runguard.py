@@ -24,10 +24,12 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
+from .errors import UserError
+
 PR_SET_PDEATHSIG = 1
 
 
-class StageError(RuntimeError):
+class StageError(UserError, RuntimeError):
     """A problem the user can fix; the message names the file or key and the fix (exit status 2, no traceback)."""
 
 

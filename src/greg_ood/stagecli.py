@@ -4,15 +4,15 @@ purpose: a stage that needs no model (download, report) imports this and not :mo
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
+import os
 import sys
 import traceback
 from typing import Callable, Optional
 
 from . import config as C
-from . import data as D
-from . import registry, runguard, tracking
+from . import registry, runguard
+from .errors import UserError
 from .paths import Paths
 
 
@@ -66,10 +66,12 @@ def paths(cfg: C.Config) -> Paths:
 
 
 def run_stage(main: Callable[[], None], argv: Optional[list[str]] = None) -> None:
-    """Run a stage's ``main``: a problem the user can fix ends it with one sentence on stderr and exit status 2 (the
-    traceback too with ``-v``); SIGTERM/SIGINT end it with ``128 + signum`` after its run was marked KILLED."""
+    """Run a stage's ``main``. One rule: a :class:`~greg_ood.errors.UserError` (a problem the user can fix) ends it
+    with its message on stderr and exit status 2, the traceback only with ``-v``/``--verbose`` or
+    ``GREG_OOD_VERBOSE=1``; any other exception is a bug and keeps its traceback. SIGTERM/SIGINT end it with
+    ``128 + signum`` after its run was marked KILLED."""
     argv = sys.argv[1:] if argv is None else argv
-    verbose = "-v" in argv or "--verbose" in argv
+    verbose = "-v" in argv or "--verbose" in argv or os.environ.get("GREG_OOD_VERBOSE", "") not in ("", "0")
     runguard.install_signal_handlers()
     runguard.die_with_parent()
     try:
@@ -77,20 +79,8 @@ def run_stage(main: Callable[[], None], argv: Optional[list[str]] = None) -> Non
     except runguard.StageKilled as e:
         print(f"error: {e}; the last checkpoint is kept, re-run to continue", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
-    except (runguard.StageError, tracking.TrackingError, D.PreparedDataError, C.ConfigError, OSError) as e:
-        if isinstance(e, OSError) and e.errno not in _UNWRITABLE:
-            raise
+    except UserError as e:
         if verbose:
             traceback.print_exc()
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
-
-
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.errno in _UNWRITABLE:
-        return (f"{e.filename or 'a file'}: cannot write there ({e.strerror}); make that folder writable, or point "
-                "project.data_dir (params.yaml) at a writable folder for the data")
-    return str(e)

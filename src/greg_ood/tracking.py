@@ -30,12 +30,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from .errors import UserError
 from .runinfo import RunInfo
 
 EXPS_MARKER = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be used; the message says why and how to fix it."""
 
 
@@ -324,6 +325,7 @@ def stage_run(info: RunInfo, *, params: Optional[dict] = None, resume_run_id: Op
             _retry(client.update_run, run_id, status="RUNNING")
             for k, v in device_tags().items():  # a resumed stage may run on other devices
                 _retry(client.set_tag, run_id, k, v)
+            _retry(client.set_tag, run_id, OWNER_TAG, _owner())
     if run_id is None:
         exp_id = _experiment_id(client, f"{experiment_prefix}/{suite}")
         exp = _retry(client.get_experiment, exp_id)
@@ -337,6 +339,8 @@ def stage_run(info: RunInfo, *, params: Optional[dict] = None, resume_run_id: Op
             tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
         if config_hash:
             tags["params.hash"] = config_hash
+        tags[OWNER_TAG] = _owner()
+        close_abandoned(client, exp_id, info.dvc_stage)
         run = _retry(client.create_run, exp_id, run_name=info.run_name, tags=tags)
         run_id = run.info.run_id
     sr = StageRun(client, run_id)
@@ -357,6 +361,34 @@ def stage_run(info: RunInfo, *, params: Optional[dict] = None, resume_run_id: Op
             sr.flush()
         finally:
             _retry(client.set_terminated, run_id, status=status)
+
+
+#: the tag naming the process that runs (or ran) a run: ``<host>:<pid>``
+OWNER_TAG = "greg_ood.process"
+
+
+def _owner() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def close_abandoned(client, exp_id: str, dvc_stage: str) -> list[str]:
+    """Mark KILLED the runs of ``dvc_stage`` left RUNNING by a process of this host that no longer exists (a stage
+    killed by SIGKILL cannot close its run); returns their ids. Runs of a live process (a parallel queued
+    experiment) and runs without the owner tag are left alone."""
+    import socket
+
+    from .io import pid_alive
+
+    closed = []
+    runs = _retry(client.search_runs, [exp_id], filter_string=f"tags.`dvc.stage` = '{dvc_stage}'", max_results=1000)
+    for r in runs:
+        host, _, pid = r.data.tags.get(OWNER_TAG, "").rpartition(":")
+        if r.info.status == "RUNNING" and host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
+            _retry(client.set_terminated, r.info.run_id, status="KILLED")
+            closed.append(r.info.run_id)
+    return closed
 
 
 def run_is_fresh(run_id: str) -> bool:

@@ -25,6 +25,7 @@ import torch
 from . import methods as M
 from . import registry
 from .data.augment import derive_seed
+from .errors import UserError
 from .runguard import StageKilled, stop_requested
 from .runtime import load_checkpoint, save_atomic
 from .config import LossCfg, PretrainCfg, TrainCfg
@@ -32,7 +33,7 @@ from .config import LossCfg, PretrainCfg, TrainCfg
 LogFn = Callable[[dict[str, float], int], None]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is left intact."""
 
 
@@ -317,7 +318,9 @@ class Trainer:
                             raise
                         self._check_weights(epoch, step)
                         raise NonFiniteLossError(f"non-finite candidate scores at epoch {epoch} step {step}: {e}; "
-                                                 f"last step's components: {self._last_components}") from None
+                                                 f"last step's components: {self._last_components}. The last good "
+                                                 f"checkpoint ({self.ckpt_path}) is intact; lower the learning rate "
+                                                 "or lambda_grad.") from None
                 else:
                     x_aux, roles = None, None
                 log_now = (self.global_step + 1) % self.log_every == 0 or step == self.steps_per_epoch - 1

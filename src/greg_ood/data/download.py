@@ -27,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
+from ..errors import UserError
 from ..io import write_json_atomic
 from .sources import Source
 
@@ -38,7 +39,7 @@ CHUNK = 1 << 20
 DEFAULT_BACKOFF = 1.0
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A file could not be obtained."""
 
 

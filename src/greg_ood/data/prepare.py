@@ -32,6 +32,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..io import remove_stale_dirs, write_json_atomic
+from ..errors import UserError
 from .build import BuildContext, channel_stats, probe_hash, sha256_file
 from .registry import BUILDERS
 from .sources import DATASETS, DatasetSpec, Source, resolve_options, source_override, DOWNLOAD_OPTIONS
@@ -41,7 +42,7 @@ log = logging.getLogger("greg_ood.data")
 FORMAT_VERSION = 1
 
 
-class PreparedDataError(RuntimeError):
+class PreparedDataError(UserError, RuntimeError):
     """The prepared copy of a dataset is missing, incomplete or was changed after preparation."""
 
 
