@@ -7,6 +7,7 @@
 #   make gpu-check  CUDA benchmark, bf16 check, epoch slice, CIFAR-10 projection -> reports/bench/gpu-check.{md,json}
 #   make rehearsal  the paper suites' `dvc repro` on tiny format-true stand-ins (~17 min; part of `make test`)
 #   make plots   dvc plots show as a page that opens offline (SUITE=mini for one suite)
+#   make plots-diff REV=HEAD   the same page comparing the workspace with a revision or DVC experiment
 #   make mlflow-ui PORT=5000   browse the MLflow runs on 127.0.0.1
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -22,7 +23,7 @@ JOBS ?= 2
 # placement, every stage sees every device
 GPUS ?=
 
-.PHONY: setup mini fmnist repro test test-fast bench bench-pipeline gpu-check rehearsal mlflow-ui mlflow-server dvc.yaml fashion-mnist readme plots summary dvc
+.PHONY: setup mini fmnist repro test test-fast bench bench-pipeline gpu-check rehearsal mlflow-ui mlflow-server dvc.yaml fashion-mnist readme plots plots-diff summary dvc
 
 setup: $(VENV)/.installed
 
@@ -91,11 +92,18 @@ gpu-check: setup
 
 PORT ?= 5000
 mlflow-ui: setup
+	MLFLOW_TRACKING_URI=sqlite:///$(abspath mlflow.db) $(BIN)/python -m greg_ood.tracking classic
 	$(BIN)/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(abspath mlflow.db)
 
-# `dvc plots show` as a page that opens offline (Vega inlined) -> dvc_plots/index.html; SUITE=mini for one suite
+# `dvc plots show` as a page that opens offline (Vega inlined) -> dvc_plots/index.html; SUITE=mini for one suite.
+# Legends name method · seed · λ; only runs params.yaml declares. plots-diff: the workspace against REV (a git
+# revision or a DVC experiment name; several: REV="HEAD exp-a") -> dvc_plots/diff/index.html
 plots: setup
 	$(BIN)/python -m greg_ood.cli.plots_page -o dvc_plots $(if $(SUITE),--suite $(SUITE))
+
+REV ?= HEAD
+plots-diff: setup
+	$(BIN)/python -m greg_ood.cli.plots_page -o dvc_plots/diff --diff $(REV) $(if $(SUITE),--suite $(SUITE))
 
 dvc.yaml: setup
 	$(BIN)/python -m greg_ood.dvcgen params.yaml
