@@ -115,3 +115,21 @@ def test_make_mini_and_fmnist_end_with_the_summary():
     for suite in ("mini", "fmnist"):
         recipe = re.search(rf"^{suite}:.*\n((?:\t.*\n)+)", make, re.M).group(1).rstrip("\n").splitlines()
         assert recipe[-1].strip() == f"@$(BIN)/python -m greg_ood.cli.summary --suite {suite}"
+
+
+def test_report_stage_writes_both_means_from_the_declared_kinds(tmp_path):
+    """build_suite_report (what stages/report.py runs) with the kinds params.yaml declares: main and claims tables
+    with both means; with every set declared natural, one mean as before."""
+    from greg_ood.report.suite import build_suite_report
+
+    files = TR.write(tmp_path, _three_set_docs())
+    kinds = {"fmnist_near": "natural", "digits": "natural", "gaussian_noise": "noise"}
+    build_suite_report(suite="mini", metrics_files=files, paper_csv=None, out_dir=tmp_path / "r", kinds=kinds)
+    main = (tmp_path / "r" / "main.md").read_text()
+    claims = (tmp_path / "r" / "claims_readme.md").read_text()
+    assert "| Mean, natural-image sets FPR95 ↓ |" in main and "| Mean, all sets FPR95 ↓ |" in main
+    assert "| FPR95, Mean, natural-image sets | -10.00 [-10.00, -10.00] | 2/2 | supported |" in claims
+    build_suite_report(suite="mini", metrics_files=files, paper_csv=None, out_dir=tmp_path / "n",
+                       kinds={k: "natural" for k in kinds})
+    assert "| Mean FPR95 ↓ |" in (tmp_path / "n" / "main.md").read_text()
+    assert "natural-image" not in (tmp_path / "n" / "claims_readme.md").read_text()
