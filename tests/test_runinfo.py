@@ -26,10 +26,8 @@ def _dvc_stage_names() -> set[str]:
         return v
 
     names = set()
-    stages = {}
-    for f in dvc_files(ROOT):
-        stages.update(yaml.safe_load(f.read_text())["stages"])
-    for name, st in stages.items():
+    stages = [item for f in dvc_files(ROOT) for item in yaml.safe_load(f.read_text())["stages"].items()]
+    for name, st in stages:  # a group name can recur across files (train_<S>: one file per method)
         if "foreach" in st:
             names |= {f"{name}@{k}" for k in lookup(st["foreach"])}
         elif "matrix" in st:
