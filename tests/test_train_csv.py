@@ -76,3 +76,14 @@ def test_convert_tool_rewrites_a_copy_of_a_committed_curve(tmp_path):
     assert all(r["epoch"] != "" and r["lr"] != "" for r in after)
     assert T.convert([f]) == []  # idempotent
     assert changed == ([f] if len(before) != len(after) else [])
+
+
+def test_converted_committed_curve_equals_the_new_writer_on_that_runs_log(tmp_path):
+    """A curve the old code wrote for a real run (committed mini results): its log, recovered from the old rows (one
+    log entry per row, as the old writer wrote them), written by the current writer gives the converter's bytes."""
+    for src in sorted((ROOT / "metrics" / "mini" / "train").glob("*.train.csv"))[:3]:
+        old = src.read_bytes().decode()
+        rows = list(csv.DictReader(old.splitlines()))
+        history = [[{k: v for k, v in r.items() if k != "step" and v != ""}, int(r["step"])] for r in rows]
+        write_curve(tmp_path / src.name, history)
+        assert convert_old_curve(old).encode() == (tmp_path / src.name).read_bytes(), src.name
