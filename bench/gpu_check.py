@@ -24,7 +24,6 @@ Without CUDA (and without ``--smoke``) it says so in one line and runs the same 
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -44,7 +43,7 @@ from greg_ood import registry
 from greg_ood.data import DATASETS, DeviceArraySource
 from greg_ood.scores import energy as energy_of
 from . import step_cost
-from .measure import machine_info, median, sync, timeit, write_result
+from .measure import base_parser, machine_info, median, sync, timeit, write_result
 from .official import official_penalty, official_select, pil_batch, pil_transform
 from .gpu_check_report import write_markdown
 
@@ -329,11 +328,8 @@ def run(device: torch.device, *, smoke: bool, out: Optional[Path], params: Path 
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu (auto: CUDA when present)")
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every part runs")
-    ap.add_argument("--out", default="reports/bench", help="output folder (default reports/bench)")
+    ap = base_parser("python -m bench.gpu_check", __doc__, smoke_help="tiny sizes: checks that every part runs",
+                     device_help="auto | cuda | cuda:N | cpu (auto: CUDA when present)")
     ap.add_argument("--params", default="params.yaml", help="params file with the cifar10 suite")
     a = ap.parse_args(argv)
     cuda = torch.cuda.is_available()

@@ -2,6 +2,7 @@
 the machine the numbers come from."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -141,3 +142,13 @@ def write_result(result: dict, paths, write_markdown) -> None:
     (Markdown, through ``write_markdown(result, path)``)."""
     paths[0].write_text(json.dumps(result, indent=1, default=str) + "\n")
     write_markdown(result, paths[1])
+
+
+def base_parser(prog: str, doc: str, *, device_help: str, smoke_help: str) -> argparse.ArgumentParser:
+    """The command line every benchmark shares: ``--device``, ``--smoke`` and ``--out`` (default reports/bench), with
+    the module docstring ``doc`` as its description."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto", help=device_help)
+    ap.add_argument("--smoke", action="store_true", help=smoke_help)
+    ap.add_argument("--out", default="reports/bench", help="output folder (default reports/bench)")
+    return ap

@@ -28,7 +28,6 @@ official-style step; sampling <= 10 % of a GReg+ step; sampler >= 5x faster than
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -40,7 +39,7 @@ from typing import Optional
 
 import torch
 
-from .measure import device_slug, machine_info, rss, write_result
+from .measure import base_parser, device_slug, machine_info, rss, write_result
 from .report import write_markdown
 from .steps import MODELS, TARGETS, bench_model
 
@@ -162,13 +161,10 @@ def _run(*, quick, smoke, out, models, device, amp, repeats, warmup, batch, merg
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.step_cost", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = base_parser("python -m bench.step_cost", __doc__, device_help="auto | cpu | cuda | cuda:N",
+                     smoke_help="tiny batches, small_cnn only: checks that it runs")
     ap.add_argument("--quick", action="store_true", help="fewer repeats (1 warm-up + 3 timed steps)")
-    ap.add_argument("--smoke", action="store_true", help="tiny batches, small_cnn only: checks that it runs")
-    ap.add_argument("--out", default="reports/bench", help="output folder (default reports/bench)")
     ap.add_argument("--models", nargs="+", default=None, help=f"subset of {list(MODELS)}")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (validated against fp32)")
     ap.add_argument("--threads", type=int, default=None,
                     help="intra-op threads for torch and scikit-learn's thread pools (default: library defaults)")
