@@ -259,7 +259,9 @@ def test_estimate_known_answers():
     p.needs = {}
     est = R.estimate_left(p, {"t": [40, 20]}, {"t@1", "t@2"}, {"t@3": 45}, jobs=2)
     assert est.seconds == pytest.approx(30) and est.untimed == ["r"]  # t@3 is over its mean: done any moment
-    assert str(est) == "about 30 s left (a guess for r: none finished yet)"
+    assert str(est) == "about 30 s left (rough: r not timed yet)"
+    assert str(R.Estimate(90, ["a", "b"])) == "about 1 min 30 s left (rough: a and b not timed yet)"
+    assert str(R.Estimate(90, ["a", "b", "c"])) == "about 1 min 30 s left (rough: 3 kinds not timed yet)"
 
 
 def test_fmt_duration():
@@ -299,7 +301,7 @@ def test_progress_lines_and_heartbeat_with_a_hand_clock():
         "[t@1] epoch 1/2",
         "[t@1] still running (2 min 30 s) · 2 min 30 s elapsed, time left known after a stage",
         # t takes 200 s: t@2 and t@3 side by side (200), r guessed as 200 too: 400
-        "[t@1] done in 200.0 s (1/4) · 3 min 20 s elapsed, about 6 min 40 s left (a guess for r: none finished yet)",
+        "[t@1] done in 200.0 s (1/4) · 3 min 20 s elapsed, about 6 min 40 s left (rough: r not timed yet)",
     ]
 
 

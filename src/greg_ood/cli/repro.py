@@ -331,9 +331,10 @@ class Estimate:
 
     def __str__(self) -> str:
         text = f"about {fmt_duration(self.seconds)} left"
-        if self.untimed:
-            more = ", ..." if len(self.untimed) > 2 else ""
-            text += f" (a guess for {', '.join(self.untimed[:2])}{more}: none finished yet)"
+        if len(self.untimed) > 2:
+            text += f" (rough: {len(self.untimed)} kinds not timed yet)"
+        elif self.untimed:
+            text += f" (rough: {' and '.join(self.untimed)} not timed yet)"
         return text
 
 
