@@ -6,6 +6,11 @@ one workspace. Every evaluate run, however, logs its full results JSON to MLflow
 This module collects those results and builds the λ_∇S ablation table across experiments:
 
     python -m greg_ood.cli.exps ablation --suite mini --method greg --out reports/mini/queue_ablation
+
+A sweep of the shared weight (``dvc exp run report_mini --queue -S 'suites.mini.train.loss.lambda_grad=0.1,1,10'``)
+ends in one table, λ × metric, mean ± std over seeds, one row per (method, λ):
+
+    python -m greg_ood.cli.exps sweep --suite mini [--method greg] [--out reports/mini/sweep]
 """
 from __future__ import annotations
 
@@ -73,6 +78,60 @@ def ablation_from_experiments(suite: str, method: str, out_dir: Path, *,
     return out_dir / "ablation_across_experiments.md"
 
 
+#: the sweep table's metrics: column -> (MLflow metric of an evaluate run, factor to %)
+SWEEP_METRICS = {"FPR95 % (headline)": ("eval/headline/fpr95", 100.0),
+                 "AUROC % (headline)": ("eval/headline/auroc", 100.0),
+                 "FPR95 % (mean)": ("eval/mean/fpr95", 100.0), "AUROC % (mean)": ("eval/mean/auroc", 100.0),
+                 "ID acc %": ("eval/id_acc", 100.0)}
+
+
+def sweep_runs(suite: str, method: Optional[str] = None, *, experiment_prefix: str = "greg-ood") -> list[dict]:
+    """One row per main-grid evaluate run of ``suite`` (``method`` only, if given): method, arch, resolved
+    ``lambda_grad``, seed, DVC experiment and the :data:`SWEEP_METRICS` in %. A run repeated for the same (method,
+    arch, λ, seed), by a re-run or in several experiments, counts once: the newest finished one."""
+    client = tracking.make_client()
+    exp = client.get_experiment_by_name(f"{experiment_prefix}/{suite}")
+    if exp is None:
+        return []
+    flt = "tags.stage = 'evaluate' and tags.group = 'main' and attributes.status = 'FINISHED'"
+    if method:
+        flt += f" and tags.method = '{method}'"
+    runs = client.search_runs([exp.experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"],
+                              max_results=5000)
+    seen, out = set(), []
+    for r in runs:
+        p, m = r.data.params, r.data.metrics
+        if "lambda_grad" not in p or "seed" not in p:
+            continue
+        key = (p.get("method"), p.get("arch"), float(p["lambda_grad"]), int(p["seed"]))
+        if key in seen:
+            continue
+        seen.add(key)
+        row = {"method": key[0], "arch": key[1], "lambda_grad": key[2], "seed": key[3],
+               "dvc_exp": r.data.tags.get("dvc.exp_name", "")}
+        row.update({col: m[name] * f for col, (name, f) in SWEEP_METRICS.items() if name in m})
+        out.append(row)
+    return out
+
+
+def sweep_table(rows: list[dict], metrics: Optional[list[str]] = None):
+    """λ × metric: one row per (method, arch, λ) with the number of seeds and each metric as ``mean ± std`` over
+    seeds (sample standard deviation; ``mean`` alone for one seed), 2 decimals; sorted by method, arch, λ."""
+    import pandas as pd
+
+    metrics = metrics or [c for c in SWEEP_METRICS if any(c in r for r in rows)]
+    df = pd.DataFrame(rows)
+    out = []
+    for (method, arch, lam), g in df.groupby(["method", "arch", "lambda_grad"], sort=True):
+        row = {"method": method, "arch": arch, "λ_grad": f"{lam:g}", "seeds": len(g)}
+        for c in metrics:
+            v = g[c].dropna() if c in g else g.iloc[0:0]
+            row[c] = ("–" if v.empty else f"{v.mean():.2f}" if len(v) == 1
+                      else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}")
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -80,7 +139,21 @@ def main(argv: Optional[list[str]] = None) -> None:
     a.add_argument("--suite", required=True)
     a.add_argument("--method", default="greg")
     a.add_argument("--out", required=True)
+    s = sub.add_parser("sweep", help="λ × metric table, mean ± std over seeds, from the evaluate runs in MLflow")
+    s.add_argument("--suite", required=True)
+    s.add_argument("--method", help="one method only (default: every method)")
+    s.add_argument("--out", help="also write sweep.md/.tex/.csv into this folder")
     args = ap.parse_args(argv)
+    if args.cmd == "sweep":
+        rows = sweep_runs(args.suite, args.method)
+        if not rows:
+            raise SystemExit(f"no finished evaluate run{' of ' + args.method if args.method else ''} in the MLflow "
+                             f"experiment greg-ood/{args.suite}; run `dvc repro report_{args.suite}` or a sweep first")
+        table = sweep_table(rows)
+        if args.out:
+            report.write_table(table, Path(args.out), "sweep")
+        print(table.to_markdown(index=False))
+        return
     path = ablation_from_experiments(args.suite, args.method, Path(args.out))
     if path is None:
         raise SystemExit(f"no finished evaluate runs of {args.method} tagged with a DVC experiment in suite "
