@@ -1,6 +1,7 @@
 """tools/scratch_repo.py: the scratch copy the end-to-end test, the pipeline benchmark and the soaks run in."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -31,6 +32,13 @@ def test_build_copies_inputs_applies_overrides_and_commits(tmp_path):
     status = subprocess.run(["git", "status", "--porcelain"], cwd=d, env=env, capture_output=True, text=True)
     assert status.returncode == 0 and status.stdout == ""
     assert env["PYTHONPATH"] == str(d / "src") and "MLFLOW_TRACKING_URI" not in env
+    # a DVC project in which nothing has run yet: the report stage and the whole chain below it are to be run
+    dvc = subprocess.run(["dvc", "status", "report_mini", "--with-deps", "--json"], cwd=d, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert dvc.returncode == 0, dvc.stderr[-3000:]
+    pending = json.loads(dvc.stdout)
+    trained = sorted(k.rsplit(":", 1)[-1] for k in pending if k.rsplit(":", 1)[-1].startswith("train_mini@greg-"))
+    assert "report_mini" in pending and trained == ["train_mini@greg-small_cnn-3", "train_mini@greg-small_cnn-4"]
 
 
 def test_tiny_params_validate_and_shrink_the_mini_suite(tmp_path):
