@@ -332,7 +332,8 @@ def stage_run(info: RunInfo, *, params: Optional[dict] = None, resume_run_id: Op
         _check_location(exp.artifact_location, f"experiment {exp.name!r}", root)
         mark_classic(client, exp)
         tags = {"mlflow.runName": info.run_name, "mlflow.note.content": info.description,
-                "dvc.stage": info.dvc_stage, "stage": info.stage, "suite": suite, **info.identity()}
+                "dvc.stage": info.dvc_stage, "stage": info.stage, "suite": suite,
+                **{k: str(v) for k, v in info.identity().items()}}  # a server's REST API takes string tags only
         tags.update(git_info())
         tags.update(device_tags())
         if os.environ.get("DVC_EXP_NAME"):
