@@ -93,6 +93,7 @@ gpu-check: setup
 PORT ?= 5000
 mlflow-ui: setup
 	MLFLOW_TRACKING_URI=sqlite:///$(abspath mlflow.db) $(BIN)/python -m greg_ood.tracking classic
+	@echo "open http://127.0.0.1:$(PORT) and click 'Model training' (top left) once: experiments then open on their runs table (docs/browsing.md)"
 	$(BIN)/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(abspath mlflow.db)
 
 # `dvc plots show` as a page that opens offline (Vega inlined) -> dvc_plots/index.html; SUITE=mini for one suite.
