@@ -56,9 +56,9 @@ def test_pretrain_run_is_named_for_what_it_is():
     assert info.run_name == "pretrain · cross-entropy · s0 (mini, small_cnn)"
 
 
-def _eval_run(c, exp_id, method, lam, seed, fpr, auroc, acc, exp_name="", arch="small_cnn"):
-    """A finished main-grid evaluate run as the evaluate stage leaves it (identity params and tags, eval metrics)."""
-    r = c.create_run(exp_id, tags={"stage": "evaluate", "group": "main", "method": method,
+def _eval_run(c, exp_id, method, lam, seed, fpr, auroc, acc, exp_name="", arch="small_cnn", group="main"):
+    """A finished evaluate run as the evaluate stage leaves it (identity params and tags, eval metrics)."""
+    r = c.create_run(exp_id, tags={"stage": "evaluate", "method": method, **({"group": group} if group else {}),
                                    **({"dvc.exp_name": exp_name} if exp_name else {})})
     for k, v in {"method": method, "arch": arch, "lambda_grad": lam, "seed": seed}.items():
         c.log_param(r.info.run_id, k, v)
@@ -80,8 +80,9 @@ def test_sweep_table_mean_and_std_over_seeds_from_mlflow(store):
     # λ = 10: a stale run of seed 0 first, then its re-run (the newer counts): FPR95 0.20 / 0.30 -> 25.00 ± 7.07
     _eval_run(c, eid, "greg", 10.0, 0, 0.99, 0.5, 0.9, exp_name="exp-b")
     _eval_run(c, eid, "greg", 10.0, 0, 0.20, 0.90, 0.9, exp_name="exp-b")
-    _eval_run(c, eid, "greg", 10.0, 1, 0.30, 0.90, 0.8, exp_name="exp-b")
+    _eval_run(c, eid, "greg", 10.0, 1, 0.30, 0.90, 0.8, group="ablation")  # the suite's own λ ablation point
     _eval_run(c, eid, "energy", 0.0, 0, 0.70, 0.70, 0.91)  # one seed: mean alone
+    _eval_run(c, eid, "pretrained", 0.0, 0, 0.10, 0.10, 0.10, group="")  # the baseline: not a point of a sweep
     rows = exps.sweep_runs("mini")
     assert len(rows) == 6
     table = exps.sweep_table(rows).set_index(["method", "λ_grad"])

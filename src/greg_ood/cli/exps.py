@@ -86,14 +86,15 @@ SWEEP_METRICS = {"FPR95 % (headline)": ("eval/headline/fpr95", 100.0),
 
 
 def sweep_runs(suite: str, method: Optional[str] = None, *, experiment_prefix: str = "greg-ood") -> list[dict]:
-    """One row per main-grid evaluate run of ``suite`` (``method`` only, if given): method, arch, resolved
-    ``lambda_grad``, seed, DVC experiment and the :data:`SWEEP_METRICS` in %. A run repeated for the same (method,
-    arch, λ, seed), by a re-run or in several experiments, counts once: the newest finished one."""
+    """One row per evaluate run of ``suite`` (``method`` only, if given), of the main grid or the suite's own λ
+    ablation (a point of it is the same training at another λ): method, arch, resolved ``lambda_grad``, seed, DVC
+    experiment and the :data:`SWEEP_METRICS` in %. A run repeated for the same (method, arch, λ, seed), by a re-run or
+    in several experiments, counts once: the newest finished one."""
     client = tracking.make_client()
     exp = client.get_experiment_by_name(f"{experiment_prefix}/{suite}")
     if exp is None:
         return []
-    flt = "tags.stage = 'evaluate' and tags.group = 'main' and attributes.status = 'FINISHED'"
+    flt = "tags.stage = 'evaluate' and attributes.status = 'FINISHED'"
     if method:
         flt += f" and tags.method = '{method}'"
     runs = client.search_runs([exp.experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"],
@@ -101,7 +102,7 @@ def sweep_runs(suite: str, method: Optional[str] = None, *, experiment_prefix: s
     seen, out = set(), []
     for r in runs:
         p, m = r.data.params, r.data.metrics
-        if "lambda_grad" not in p or "seed" not in p:
+        if r.data.tags.get("group") not in ("main", "ablation") or "lambda_grad" not in p or "seed" not in p:
             continue
         key = (p.get("method"), p.get("arch"), float(p["lambda_grad"]), int(p["seed"]))
         if key in seen:
