@@ -213,7 +213,7 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
         return self.run("scontrol", *args, check=check)
 
     def job_records(self) -> list[dict[str, str]]:
-        """SLURM's record of every job that ended (the jobcomp/filetxt file): ``JobId``, ``JobName``,
+        """SLURM's record of every job that ended (the jobcomp/filetxt file): ``JobId``, ``Name``,
         ``JobState``, ``ExitCode``, ... one dict per line, in order of ending (a requeued job has a line per run)."""
         if not self.jobcomp.exists():
             return []

@@ -150,7 +150,7 @@ def run(cluster, team_server, tmp_path_factory):  # noqa: F811
 
 
 def _last_state(records: list[dict], stage: str) -> str:
-    states = [r["JobState"] for r in records if r.get("JobName") == f"greg:{stage}"]
+    states = [r["JobState"] for r in records if r.get("Name") == f"greg:{stage}"]
     return states[-1] if states else "(no record)"
 
 
@@ -239,7 +239,7 @@ def test_mlflow_runs_finished_without_duplicate_steps(run):
     for st in ("select_mini@small_cnn", TRAIN):
         assert all(r["info"]["status"] == "FINISHED" for r in by_stage[st]), by_stage[st]
     rid = train[0]["info"]["run_id"]
-    for key in ("loss/total", "train/lr"):
+    for key in ("loss/grad_penalty", "train/lr"):
         hist = server.get_json("/api/2.0/mlflow/metrics/get-history", run_id=rid, metric_key=key,
                                max_results=10000)["metrics"]
         steps = [h["step"] for h in hist]
