@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -66,7 +65,7 @@ def _lock_entries(d: Path) -> dict[tuple[str, str], str]:
     return out
 
 
-def _runner(d: Path, env: dict, *extra: str) -> list[str]:
+def _runner(d: Path, *extra: str) -> list[str]:
     return [PY, "-m", "greg_ood.cli.repro", TARGET, "--executor", "slurm", "--cluster-config", d / "cluster.yaml",
             *extra]
 
@@ -123,8 +122,8 @@ def run(cluster, team_server, tmp_path_factory):  # noqa: F811
     base_env = {**env, **cluster.env()}
     env = {**base_env, "MLFLOW_TRACKING_URI": team_server.url}
     out = {"d": d, "env": env, "cluster": cluster, "server": team_server}
-    out["no_server"] = _sh(_runner(d, base_env), d, base_env, timeout=300, check=False)
-    out["dry"] = _sh(_runner(d, env, "--dry-run"), d, env, timeout=300, check=False)
+    out["no_server"] = _sh(_runner(d), d, base_env, timeout=300, check=False)
+    out["dry"] = _sh(_runner(d, "--dry-run"), d, env, timeout=300, check=False)
     out["queue_after_checks"] = cluster.run("squeue", "-h", "-t", "all").stdout
 
     params = d / "params.yaml"
@@ -132,7 +131,7 @@ def run(cluster, team_server, tmp_path_factory):  # noqa: F811
     raw = yaml.safe_load(good)
     raw["project"]["device"] = "cuda:99"  # valid, so planned; pretrain (the first stage that uses it) then fails
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
-    out["failed"] = _sh(_runner(d, env), d, env, timeout=1500, check=False)
+    out["failed"] = _sh(_runner(d), d, env, timeout=1500, check=False)
     out["records_after_failure"] = cluster.job_records()
     params.write_text(good)
 
@@ -140,7 +139,7 @@ def run(cluster, team_server, tmp_path_factory):  # noqa: F811
     watcher = threading.Thread(target=_requeue_train_mid_run, args=(cluster, d, done), daemon=True)
     watcher.start()
     t0 = time.monotonic()
-    out["second"] = _sh(_runner(d, env), d, env, timeout=1800, check=False)
+    out["second"] = _sh(_runner(d), d, env, timeout=1800, check=False)
     out["second_wall"] = time.monotonic() - t0
     done["stop"] = True
     watcher.join(timeout=60)
