@@ -291,3 +291,36 @@ def test_fs_type_finds_the_mount_of_a_path():
     assert slurm.fs_type(Path("/proc/self")) == "proc"
     if Path("/proc/mounts").exists():
         assert slurm.fs_type(Path("/")) != ""
+
+
+@pytest.mark.slow
+def test_job_wrapper_turns_usr1_into_sigint_for_the_stage(tmp_path):
+    """The time-limit path without SLURM: USR1 to the job's wrapper reaches the stage as SIGINT (DVC ignores SIGINT
+    while the command runs), the stage stops, DVC exits on its own (its rwlock released) and the wrapper returns the
+    failure (inside a job it would then requeue itself)."""
+    import os
+    import signal as sig
+
+    env = scratch_repo.scratch_env(tmp_path)
+    stage = ("import signal, sys, time, pathlib\n"
+             "def stop(*a):\n    pathlib.Path('stopped').write_text('SIGINT'); sys.exit(1)\n"
+             "signal.signal(signal.SIGINT, stop)\npathlib.Path('started').write_text('')\n"
+             "[time.sleep(0.1) for _ in range(3000)]\npathlib.Path('out').write_text('done')\n")
+    (tmp_path / "stage.py").write_text(stage)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"s": {"cmd": f"{PY} stage.py", "deps": ["stage.py"],
+                                                                        "outs": ["out"]}}}))
+    _sh(["git", "init", "-q"], tmp_path, env)
+    _sh([PY, "-m", "dvc", "init", "-q"], tmp_path, env)
+    p = subprocess.Popen([str(PY), "-m", "greg_ood.cli.slurm", "job", "s"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.2)
+    assert (tmp_path / "started").exists(), p.communicate(timeout=60)[0]
+    os.kill(p.pid, sig.SIGUSR1)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode != 0 and "Running stage 's'" in out, out
+    assert (tmp_path / "stopped").read_text() == "SIGINT", out
+    assert not (tmp_path / "out").exists(), out
+    rw = tmp_path / ".dvc" / "tmp" / "rwlock"
+    assert not rw.exists() or json.loads(rw.read_text() or "{}") in ({}, {"read": {}, "write": {}}), rw.read_text()
