@@ -115,7 +115,8 @@ def test_readme_lambda_recipe_reruns_exactly_what_lambda_changes(repo):
     for c in readme_lambda_recipes()[1:]:
         r = _sh(_dvc(c), d, env)
         out = r.stdout + r.stderr
-        assert "failed to load" not in out, (c, out)
+        if c.startswith(("dvc exp show", "dvc metrics")):  # the paper suites' summaries are not declared metrics
+            assert "failed to load" not in out, (c, out)
         if c.startswith("dvc exp show"):  # the λ column: 1 on the commit, the new value in the experiment
             table = [[cell.strip() for cell in ln.split("|")[1:-1]] for ln in out.splitlines() if ln.startswith("|")]
             col = table[0].index(key)
