@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,28 @@ def test_priority_is_the_longest_chain_still_to_run():
     assert priority(p) == {"rep": 0, "ev": 1, "side": 1, "tr": 2, "sel": 3, "pre": 4, "dl": 5}
     assert short("pipelines/train_mini/dvc.yaml:train_mini@greg-small_cnn-0") == "train_mini@greg-small_cnn-0"
     assert short("report_mini") == "report_mini"
+
+
+def test_workers_die_with_a_killed_runner():
+    """A worker started with the runner's pre-exec hook ends when the runner is SIGKILLed (PR_SET_PDEATHSIG), so
+    no orphaned `dvc` worker runs on with nobody reading its output (a finding of the kill storm)."""
+    code = ("import subprocess, sys, time\n"
+            "from greg_ood.cli.repro import _die_with_parent\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], preexec_fn=_die_with_parent)\n"
+            "print(p.pid, flush=True)\n"
+            "time.sleep(120)\n")
+    runner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(runner.stdout.readline())
+    runner.kill()
+    runner.wait()
+    deadline = time.monotonic() + 60
+    state = "?"
+    while time.monotonic() < deadline:
+        try:
+            state = open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            state = "gone"
+        if state in ("gone", "Z", "X"):
+            break
+        time.sleep(0.1)
+    assert state in ("gone", "Z", "X"), f"the worker {child} outlived its runner (state {state})"

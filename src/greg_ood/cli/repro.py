@@ -445,6 +445,19 @@ class Progress:
 
 
 # ---------------------------------------------------------------------------------------------- running
+def _die_with_parent() -> None:
+    """In a worker, before ``exec``: the kernel sends it SIGTERM when the runner dies (Linux ``PR_SET_PDEATHSIG``),
+    so a killed runner leaves no ``dvc`` worker running on with nobody reading its output (DVC's own handling of a
+    killed ``dvc`` then applies: its stage command stops with it, and the stage re-runs next time). Elsewhere a
+    no-op."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 def _pump(proc: subprocess.Popen, name: str, progress: Progress) -> None:
     """Relay the stage's output lines, each with the stage's name in front."""
     for line in proc.stdout:
@@ -474,7 +487,7 @@ def run_plan(p: Plan, jobs: int, dvc: list[str], force: bool = False, devices: O
                     env = stage_env(jobs, got if devices is not None else None)
                     progress.start(name, got)
                     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                            env=env, bufsize=1)
+                                            env=env, bufsize=1, preexec_fn=_die_with_parent)
                     pump = threading.Thread(target=_pump, args=(proc, name, progress), daemon=True)
                     pump.start()
                     running[name] = (proc, pump, got)
@@ -505,6 +518,22 @@ def run_plan(p: Plan, jobs: int, dvc: list[str], force: bool = False, devices: O
             proc.wait()
         raise
     return failed
+
+
+def _plan_when_free(target: str, *, wait_s: float = 300.0, **kw) -> Plan:
+    """:func:`plan`, waiting up to ``wait_s`` while another DVC process holds the repository lock (a restarted
+    runner finds the workers of the one it replaces still finishing); any other error is raised at once."""
+    from dvc.lock import LockError   # the repository lock, and a stage's rwlock ('... is busy')
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return plan(target, **kw)
+        except LockError:
+            if time.monotonic() > deadline:
+                raise
+            print("waiting for the repository lock (another dvc process is finishing)", flush=True)
+            time.sleep(2.0)
 
 
 def final_check(dvc: list[str], target: str, out: TextIO = sys.stdout) -> int:
@@ -582,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     dvc = [sys.executable, "-m", "dvc"]
     t0 = time.monotonic()
     try:
-        p = plan(args.target, force=args.force, devices=devices is not None)
+        p = _plan_when_free(args.target, force=args.force, devices=devices is not None)
     except Exception as exc:  # DVC's own message names the stage or file
         print(f"error: cannot plan `dvc repro {args.target}`: {exc}", file=sys.stderr)
         return 2
