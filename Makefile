@@ -92,7 +92,7 @@ gpu-check: setup
 
 PORT ?= 5000
 mlflow-ui: setup
-	MLFLOW_TRACKING_URI=sqlite:///$(abspath mlflow.db) $(BIN)/python -m greg_ood.tracking classic
+	MLFLOW_TRACKING_URI=sqlite:///$(abspath mlflow.db) $(BIN)/python -m greg_ood.run.tracking classic
 	@echo "open http://127.0.0.1:$(PORT) and click 'Model training' (top left) once: experiments then open on their runs table (docs/browsing.md)"
 	$(BIN)/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri sqlite:///$(abspath mlflow.db)
 
@@ -107,7 +107,7 @@ plots-diff: setup
 	$(BIN)/python -m greg_ood.cli.plots_page -o dvc_plots/diff --diff $(REV) $(if $(SUITE),--suite $(SUITE))
 
 dvc.yaml: setup
-	$(BIN)/python -m greg_ood.dvcgen params.yaml
+	$(BIN)/python -m greg_ood.run.dvcgen params.yaml
 
 # Team tracking server (PostgreSQL backend; see docs/team-server.md)
 mlflow-server: setup

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from greg_ood import config as C
+from greg_ood.run import config as C
 from greg_ood import losses as L
 from greg_ood import methods as M
 from greg_ood import models as MD

@@ -249,7 +249,7 @@ def import_profile(clone: Path) -> dict:
 
 def closure_sizes(clone: Path) -> dict:
     """Files in each stage script's code closure (the code deps of its DVC stages)."""
-    code = ("import json,sys;from greg_ood.codedeps import closure_relative as c;"
+    code = ("import json,sys;from greg_ood.run.codedeps import closure_relative as c;"
             "print(json.dumps({s: len(c('stages/'+s, '.')) for s in sys.argv[1:]}))")
     env = dict(os.environ, PYTHONPATH=str(clone / "src"))
     r, _, _ = timed([sys.executable, "-c", code, *SCRIPT_KIND], clone, env)

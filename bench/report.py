@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from greg_ood.config import LossCfg
+from greg_ood.run.config import LossCfg
 
 from .steps import AMP_RTOL, K
 

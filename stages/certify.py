@@ -7,12 +7,12 @@ import numpy as np
 import torch
 
 from greg_ood import certify as CT
-from greg_ood import pipeline, preflight, tracking
+from greg_ood.run import pipeline, preflight, tracking
 from greg_ood.data import iter_eval
-from greg_ood.evaluation import forward_all
-from greg_ood.io import write_json_atomic, write_npz_atomic
+from greg_ood.run.evaluation import forward_all
+from greg_ood.run.io import write_json_atomic, write_npz_atomic
 from greg_ood.report.fig_certify import plot_certify
-from greg_ood.runinfo import RunInfo
+from greg_ood.run.runinfo import RunInfo
 from greg_ood.scores import energy
 
 

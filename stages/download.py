@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 from urllib.parse import urlparse
 
-from greg_ood import data, preflight, stagecli, tracking
-from greg_ood.runguard import StageError
-from greg_ood.runinfo import RunInfo
+from greg_ood import data
+from greg_ood.run import preflight, stagecli, tracking
+from greg_ood.run.runguard import StageError
+from greg_ood.run.runinfo import RunInfo
 
 
 def main() -> None:

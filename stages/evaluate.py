@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from greg_ood import openood_eval, pipeline, preflight, registry, tracking
-from greg_ood.evaluation import evaluate
-from greg_ood.io import write_json_atomic, write_npz_atomic
-from greg_ood.runinfo import PRETRAINED, RunInfo, eval_metrics, pretrained_experiment, summary_metrics
+from greg_ood.run import openood_eval, pipeline, preflight, tracking
+from greg_ood import registry
+from greg_ood.run.evaluation import evaluate
+from greg_ood.run.io import write_json_atomic, write_npz_atomic
+from greg_ood.run.runinfo import PRETRAINED, RunInfo, eval_metrics, pretrained_experiment, summary_metrics
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """pretrain_<S>@<arch>: plain cross-entropy training on the ID set (the model GReg fine-tunes)."""
 from __future__ import annotations
 
-from greg_ood import pipeline, preflight
-from greg_ood.runinfo import RunInfo
-from greg_ood.runlog import RunRecord, run_training
-from greg_ood.trainer import Job, Sources
+from greg_ood.run import pipeline, preflight
+from greg_ood.run.runinfo import RunInfo
+from greg_ood.run.runlog import RunRecord, run_training
+from greg_ood.run.trainer import Job, Sources
 
 
 def main() -> None:

@@ -4,10 +4,10 @@ noise finding and figures under reports/<suite>/, and one summary metrics file p
 metrics/<suite>/summary/."""
 from __future__ import annotations
 
-from greg_ood import preflight, stagecli, tracking
+from greg_ood.run import preflight, stagecli, tracking
 from greg_ood.report.noise import noise_inputs
 from greg_ood.report.suite import build_suite_report
-from greg_ood.runinfo import RunInfo, pretrained_experiment
+from greg_ood.run.runinfo import RunInfo, pretrained_experiment
 
 
 def main() -> None:

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from greg_ood import data as D
-from greg_ood import openood_eval, pipeline, preflight, tracking
-from greg_ood.evaluation import forward_all
-from greg_ood.io import atomic_open, write_json_atomic
+from greg_ood.run import openood_eval, pipeline, preflight, tracking
+from greg_ood.run.evaluation import forward_all
+from greg_ood.run.io import atomic_open, write_json_atomic
 from greg_ood.report.fig_selection import plot_selection
-from greg_ood.runinfo import RunInfo
+from greg_ood.run.runinfo import RunInfo
 from greg_ood.sampling import cluster_features, energy_cluster_select
 from greg_ood.scores import energy
 

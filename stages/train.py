@@ -9,11 +9,11 @@ import sys
 
 import numpy as np
 
-from greg_ood import pipeline, preflight
-from greg_ood.distributed import distributed_context, relaunch_under_torchrun
-from greg_ood.runinfo import RunInfo
-from greg_ood.runlog import RunRecord, run_training
-from greg_ood.trainer import Job, Sources
+from greg_ood.run import pipeline, preflight
+from greg_ood.run.distributed import distributed_context, relaunch_under_torchrun
+from greg_ood.run.runinfo import RunInfo
+from greg_ood.run.runlog import RunRecord, run_training
+from greg_ood.run.trainer import Job, Sources
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Driver for the multi-process tests: trains a tiny classifier with :class:`greg_ood.trainer.Trainer` on synthetic,
+"""Driver for the multi-process tests: trains a tiny classifier with :class:`greg_ood.run.trainer.Trainer` on synthetic,
 deterministic batches, in one process (plain ``python``) or under ``torchrun`` (DDP on gloo), and saves what rank 0
 sees (per-step logged losses, final weights) for comparison.
 
@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from greg_ood import models, registry
-from greg_ood.config import LossCfg, OptimizerCfg, PoemCfg, SamplingCfg, ScheduleCfg, TrainCfg
-from greg_ood.distributed import distributed_context
-from greg_ood.runtime import set_determinism
-from greg_ood.trainer import Hooks, Job, Sources, Trainer, derive_seed
+from greg_ood.run.config import LossCfg, OptimizerCfg, PoemCfg, SamplingCfg, ScheduleCfg, TrainCfg
+from greg_ood.run.distributed import distributed_context
+from greg_ood.run.runtime import set_determinism
+from greg_ood.run.trainer import Hooks, Job, Sources, Trainer, derive_seed
 
 K = 4          # classes
 B = 8          # global ID batch

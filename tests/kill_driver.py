@@ -2,7 +2,7 @@
 
 * ``prepare DATA_DIR URL MD5 SIZE``: download + verify + prepare CIFAR-10 from a local HTTP server
   (``greg_ood.data.prepare``, as stages/download.py does).
-* ``evaluate OUT [--loops N]``: score a small model with ``greg_ood.evaluation.evaluate`` on Fashion-MNIST-shaped
+* ``evaluate OUT [--loops N]``: score a small model with ``greg_ood.run.evaluation.evaluate`` on Fashion-MNIST-shaped
   arrays once, then write the evaluate stage's five outputs (results, metrics, scores .npz, ROC points) with the
   library writers stages/evaluate.py uses, ``N`` times (0 = until killed).
 * ``report IN OUT [--loops N]``: ``greg_ood.report.build_suite_report`` over the inputs under ``IN`` into ``OUT``,
@@ -58,10 +58,10 @@ def eval_outputs():
     import numpy as np
     import torch
 
-    from greg_ood import config as C
+    from greg_ood.run import config as C
     from greg_ood import models
     from greg_ood.data import ArraySplit
-    from greg_ood.evaluation import evaluate
+    from greg_ood.run.evaluation import evaluate
 
     torch.manual_seed(0)
     rng = np.random.RandomState(0)
@@ -85,9 +85,9 @@ def eval_outputs():
 
 
 def write_eval_outputs(root: Path, full, summary, arrays, roc, head) -> None:
-    """The write sequence of stages/evaluate.py, to the paths of greg_ood.paths.Paths."""
-    from greg_ood.io import write_json_atomic, write_npz_atomic
-    from greg_ood.paths import Paths
+    """The write sequence of stages/evaluate.py, to the paths of greg_ood.run.paths.Paths."""
+    from greg_ood.run.io import write_json_atomic, write_npz_atomic
+    from greg_ood.run.paths import Paths
 
     P, s, e = Paths(root), "mini", "mini-greg-small_cnn-s0"
     write_json_atomic(P.results(s, e), full)

@@ -30,14 +30,15 @@ def main() -> None:
     args = ap.parse_args()
     wd = Path(args.workdir)
     os.chdir(wd)
-    from greg_ood import config as C
+    from greg_ood.run import config as C
     from greg_ood import data as D
-    from greg_ood import models, runtime
+    from greg_ood import models
+    from greg_ood.run import runtime
     from greg_ood import methods as M
-    from greg_ood.runinfo import RunInfo
-    from greg_ood.runlog import RunRecord, run_training
-    from greg_ood.trainer import Job, Sources
-    from greg_ood.pipeline import SuiteData, setup_logging
+    from greg_ood.run.runinfo import RunInfo
+    from greg_ood.run.runlog import RunRecord, run_training
+    from greg_ood.run.trainer import Job, Sources
+    from greg_ood.run.pipeline import SuiteData, setup_logging
 
     setup_logging()
 
@@ -81,6 +82,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from greg_ood.pipeline import run_stage
+    from greg_ood.run.pipeline import run_stage
 
     run_stage(main)

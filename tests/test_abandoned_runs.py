@@ -10,11 +10,11 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-from greg_ood import tracking
-from greg_ood.runinfo import RunInfo
+from greg_ood.run import tracking
+from greg_ood.run.runinfo import RunInfo
 
 INFO = "RunInfo('evaluate', suite='mini', method='greg', arch='small_cnn', seed=0)"
-_HOLD = ("import sys, time; from greg_ood import tracking; from greg_ood.runinfo import RunInfo; "
+_HOLD = ("import sys, time; from greg_ood.run import tracking; from greg_ood.run.runinfo import RunInfo; "
          f"ctx = tracking.stage_run({INFO}); run = ctx.__enter__(); print(run.run_id, flush=True); time.sleep(600)")
 
 

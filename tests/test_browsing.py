@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from greg_ood import tracking
-from greg_ood.runinfo import RunInfo, summary_metrics
+from greg_ood.run import tracking
+from greg_ood.run.runinfo import RunInfo, summary_metrics
 
 KIND = ("mlflow.experimentKind", "custom_model_development")
 
@@ -34,7 +34,7 @@ def test_fresh_and_existing_experiments_are_classic(store):
     with tracking.stage_run(RunInfo("report", suite="fmnist")):
         pass
     assert c.get_experiment(old).tags[KIND[0]] == KIND[1]
-    # ... or by `python -m greg_ood.tracking classic` for the whole store
+    # ... or by `python -m greg_ood.run.tracking classic` for the whole store
     other = c.create_experiment("greg-ood/cifar10")
     tracking.main(["classic"])
     assert c.get_experiment(other).tags[KIND[0]] == KIND[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from greg_ood import config as C
+from greg_ood.run import config as C
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -131,7 +131,7 @@ def test_stage_exits_before_compute_on_bad_params(tmp_path):
 
 
 def test_committed_dvc_yaml_matches_params():
-    from greg_ood.dvcgen import render
+    from greg_ood.run.dvcgen import render
 
     for rel, text in render(C.load(ROOT / "params.yaml")).items():
         assert (ROOT / rel).read_text() == text, f"{rel} is stale: run `make dvc.yaml`"

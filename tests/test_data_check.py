@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from greg_ood import config as C
+from greg_ood.run import config as C
 from greg_ood.data import DATASETS
 from greg_ood.data.check import report, suite_datasets
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from greg_ood import codedeps
+from greg_ood.run import codedeps
 from greg_ood.data import DATASETS
 from greg_ood.data.registry import BUILDERS
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from greg_ood import distributed as D
+from greg_ood.run import distributed as D
 from greg_ood import methods as M
 
 HERE = Path(__file__).resolve().parent

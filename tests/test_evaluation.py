@@ -8,8 +8,8 @@ import torch
 
 from greg_ood import models
 from greg_ood import scores as S
-from greg_ood.config import OdinCfg
-from greg_ood.evaluation import forward_all, odin_pass, score_arrays
+from greg_ood.run.config import OdinCfg
+from greg_ood.run.evaluation import forward_all, odin_pass, score_arrays
 
 MEAN, STD = [0.3], [0.25]
 

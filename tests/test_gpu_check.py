@@ -13,7 +13,7 @@ import pytest
 import yaml
 import torch
 
-from greg_ood import config as C
+from greg_ood.run import config as C
 from bench import gpu_check as G
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from greg_ood import config as C
+from greg_ood.run import config as C
 from greg_ood.data.sources import Source
-from greg_ood.runinfo import RunInfo, pretrained_experiment
+from greg_ood.run.runinfo import RunInfo, pretrained_experiment
 from test_readme import dvc_stages
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -135,8 +135,8 @@ def test_noise_finding_without_training_diagnostics_or_noise_sets(tmp_path):
 
 
 def test_noise_inputs_follow_the_dataset_not_the_name():
-    from greg_ood.config import load
-    from greg_ood.paths import Paths
+    from greg_ood.run.config import load
+    from greg_ood.run.paths import Paths
     s = load(TR.REPO / "params.yaml").suite("mini")
     s = s.model_copy(update={"data": s.data.model_copy(update={"ood": [
         o.model_copy(update={"name": "static"}) if o.dataset == "uniform_noise" else o for o in s.data.ood]})})

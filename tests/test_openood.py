@@ -12,12 +12,12 @@ import pytest
 import yaml
 
 from data_fixtures import md5, openood_standins
-from greg_ood import config as C
+from greg_ood.run import config as C
 from greg_ood import data as D
 from greg_ood.data.openood_lists import (check_tin597_classes, class_list, match_members, parse_imglist, wnid_of)
 from greg_ood.data.sources import SOURCES_ENV, Source
-from greg_ood.openood import OPENOOD_V1_5_SETS, protocol_datasets
-from greg_ood.openood_eval import group_means, openood_fpr95, protocol_result, set_metrics
+from greg_ood.data.openood import OPENOOD_V1_5_SETS, protocol_datasets
+from greg_ood.run.openood_eval import group_means, openood_fpr95, protocol_result, set_metrics
 from greg_ood.report.openood_table import write_openood_report
 
 OPTS = {"retries": 1, "timeout": 5}
@@ -172,7 +172,7 @@ def test_protocol_block_means_near_and_far_separately():
     assert [k for k, v in block["per_set"].items() if v["group"] == "near"] == ["cifar100", "tin"]
     assert block["per_set"]["mnist"]["count"] == 20
     per = {"a": {"auroc": 0.5}, "b": {"auroc": 1.0}}
-    from greg_ood.openood import ProtocolSet
+    from greg_ood.data.openood import ProtocolSet
 
     two = (ProtocolSet("a", "near", "x", "y"), ProtocolSet("b", "far", "x", "y"))
     assert group_means(per, two) == {"near": {"auroc": 0.5}, "far": {"auroc": 1.0}}
@@ -265,8 +265,9 @@ def test_run_protocols_on_prepared_standins_and_nothing_without_the_protocol(ser
     import torch
 
     from data_fixtures import serve_standins
-    from greg_ood import models, pipeline
-    from greg_ood.openood_eval import run_protocols
+    from greg_ood import models
+    from greg_ood.run import pipeline
+    from greg_ood.run.openood_eval import run_protocols
 
     r = copy.deepcopy(raw)
     r["project"]["data_dir"] = str(tmp_path / "d")
@@ -287,7 +288,7 @@ def test_run_protocols_on_prepared_standins_and_nothing_without_the_protocol(ser
         vals = [v["auroc"] for v in block["per_set"].values() if v["group"] == g]
         assert block[g]["auroc"] == pytest.approx(sum(vals) / len(vals))
     assert 0.0 <= block["id_accuracy"] <= 1.0 and block["score"] == "energy"
-    from greg_ood.openood_eval import mlflow_metrics
+    from greg_ood.run.openood_eval import mlflow_metrics
 
     assert mlflow_metrics(out)["openood_v1_5/far/fpr95_ood_positive"] == block["far"]["fpr95_ood_positive"]
     assert len(mlflow_metrics(out)) == 6 and mlflow_metrics({"experiment": "x"}) == {}

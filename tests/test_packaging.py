@@ -1,5 +1,5 @@
 """The package works without the editable install: built and installed from a scratch copy of pyproject.toml + src/
-into a folder of its own, it carries its data files and ``python -m greg_ood.dvcgen params.yaml`` run from that
+into a folder of its own, it carries its data files and ``python -m greg_ood.run.dvcgen params.yaml`` run from that
 install writes the same dvc.yaml files as the source tree renders."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from greg_ood import config as C
-from greg_ood import dvcgen
+from greg_ood.run import config as C
+from greg_ood.run import dvcgen
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # a wheel build and a pip install: about 30 s of CPU
@@ -51,7 +51,7 @@ def test_dvcgen_runs_from_the_installed_package(installed, tmp_path):
     shutil.copy(ROOT / "params.yaml", project / "params.yaml")
     for name in ("stages", "src"):
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    code = ("import sys, greg_ood, greg_ood.dvcgen as g; print(greg_ood.__file__, file=sys.stderr); "
+    code = ("import sys, greg_ood, greg_ood.run.dvcgen as g; print(greg_ood.__file__, file=sys.stderr); "
             "g.main(['params.yaml'])")
     r = subprocess.run([sys.executable, "-c", code], cwd=project, env=_env(installed), capture_output=True,
                        text=True, timeout=300)

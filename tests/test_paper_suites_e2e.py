@@ -25,7 +25,7 @@ import yaml
 
 from data_fixtures import FileServer, ilsvrc_tree, serve_standins
 from greg_ood.data import imagenet as IN
-from greg_ood.dvcgen import dvc_files
+from greg_ood.run.dvcgen import dvc_files
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -81,7 +81,7 @@ def shrink(raw: dict, suite: str, imagenet_root: Path) -> dict:
 
 def _datasets(s: dict) -> list[str]:
     """Every dataset the suite reads: ID, auxiliary, the paper's OOD sets and the extra protocols' sets."""
-    from greg_ood.openood import OPENOOD_V1_5_SETS
+    from greg_ood.data.openood import OPENOOD_V1_5_SETS
 
     d = s["data"]
     extra = OPENOOD_V1_5_SETS[d["id"]["dataset"]] if "openood_v1_5" in s["eval"].get("protocols", []) else ()

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from greg_ood.codedeps import closure_relative
-from greg_ood.runinfo import dvc_file
+from greg_ood.run.codedeps import closure_relative
+from greg_ood.run.runinfo import dvc_file
 from tools import scratch_repo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,7 +255,7 @@ def test_fresh_rerun_leaves_dvc_lock_unchanged(repo, tmp_path):
     before = _locks(c)
     shutil.rmtree(c / "checkpoints")
     # the copy's MLflow store still names the original's artifact folders, which the stages refuse to write into
-    _sh([sys.executable, "-m", "greg_ood.tracking", "relocate"], c, env)
+    _sh([sys.executable, "-m", "greg_ood.run.tracking", "relocate"], c, env)
     _sh([str(BIN / "dvc"), "repro", "--force", "--no-run-cache", "--single-item", "pretrain_mini@small_cnn",
          "select_mini@small_cnn", _target("train_mini@greg-small_cnn-0"), _target("evaluate_mini@greg-small_cnn-0"),
          "evaluate_mini_pretrained@small_cnn", "certify_mini", "report_mini"], c, env)

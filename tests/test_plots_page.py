@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from greg_ood import config as C
+from greg_ood.run import config as C
 from greg_ood.cli.plots_page import (VENDORED, existing_plots, external_references, offline_template, relabel,
                                      run_label, run_labels, run_of)
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from greg_ood import pipeline, registry
-from greg_ood.config import PoemCfg
+from greg_ood.run import pipeline
+from greg_ood import registry
+from greg_ood.run.config import PoemCfg
 from greg_ood.poem import Posterior, PoemSelector, blr_posterior, closest_to_boundary, thompson_scores
-from greg_ood.trainer import Hooks, Job, Sources, Trainer
+from greg_ood.run.trainer import Hooks, Job, Sources, Trainer
 
 from test_registry import B, _cfg, _Source, _train
 

@@ -108,8 +108,8 @@ def _tags(run: dict) -> dict:
 
 
 PROBE = '''
-from greg_ood import tracking
-from greg_ood.runinfo import RunInfo
+from greg_ood.run import tracking
+from greg_ood.run.runinfo import RunInfo
 with tracking.stage_run(RunInfo("report", suite="pgtest"), params={"train": {"lr": 0.1}}) as run:
     for step in (1, 2, 3):
         run.log_metrics({"loss": 1.0 / step}, step=step)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from greg_ood import preflight
-from greg_ood.io import checksum_path
-from greg_ood.preflight import Needs, PreflightError
+from greg_ood.run import preflight
+from greg_ood.run.io import checksum_path
+from greg_ood.run.preflight import Needs, PreflightError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def test_missing_input_names_the_path_and_the_stage_that_makes_it(tmp_path):
 
 
 def test_mlflow_store_that_refuses_writes_is_named(tmp_path, monkeypatch, unwritable):
-    from greg_ood import tracking
+    from greg_ood.run import tracking
 
     db = tmp_path / "store" / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
@@ -141,7 +141,7 @@ def test_mlflow_store_that_refuses_writes_is_named(tmp_path, monkeypatch, unwrit
 
 
 def test_stale_sidecar_goes_with_its_removed_output(tmp_path):
-    from greg_ood.runtime import save_atomic
+    from greg_ood.run.runtime import save_atomic
 
     m = tmp_path / "models" / "mini" / "x.pt"
     save_atomic({"a": 1}, m)

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from greg_ood import report as R
-from greg_ood.runinfo import PRETRAINED, RunInfo, pretrained_experiment
+from greg_ood.run.runinfo import PRETRAINED, RunInfo, pretrained_experiment
 from test_report import mini_docs, metrics_doc, write
 
 ROOT = Path(__file__).resolve().parents[1]

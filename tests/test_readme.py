@@ -115,7 +115,7 @@ def test_readme_commands_resolve_on_this_repository():
     lists; -S edits name keys that validate; file arguments exist."""
     from dvc.cli import parse_args
 
-    from greg_ood import config as C
+    from greg_ood.run import config as C
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     cmds = readme_commands(README.read_text())

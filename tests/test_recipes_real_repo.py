@@ -74,7 +74,7 @@ def repo(tmp_path_factory):
     shutil.copy(ROOT / "params.yaml", d / "params.yaml")
     shrink(d / "params.yaml", SHRINK)
     env = scratch_env(d)
-    _sh([BIN / "python", "-m", "greg_ood.dvcgen", "params.yaml"], d, env)  # train stages of the suite's methods
+    _sh([BIN / "python", "-m", "greg_ood.run.dvcgen", "params.yaml"], d, env)  # train stages of the suite's methods
     git_commit_all(d, env, "the real repository, mini shrunk")
     _sh([BIN / "python", "-m", "greg_ood.cli.repro", "report_mini", "--jobs", "2"], d, env, timeout=3600)
     git_commit_all(d, env, "tiny mini results")
@@ -84,7 +84,7 @@ def repo(tmp_path_factory):
 def test_every_suite_is_declared_and_recipes_name_their_target():
     """The copy is the real repository's pipeline (no one-suite fixture); every `dvc exp run` recipe names a target,
     so it never tries to rebuild the suites that need the internet."""
-    from greg_ood import config as C
+    from greg_ood.run import config as C
 
     assert set(C.load(ROOT / "params.yaml").params.suites) == {"mini", "fmnist", "cifar10", "cifar100", "imagenet"}
     runs = [c for c in readme_lambda_recipes() if c.startswith("dvc exp run")]

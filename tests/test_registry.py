@@ -9,12 +9,13 @@ import pytest
 import torch
 import yaml
 
-from greg_ood import config as C
+from greg_ood.run import config as C
 from greg_ood import methods as M
-from greg_ood import pipeline, registry, runlog
-from greg_ood.config import SCORES
+from greg_ood.run import pipeline, runlog
+from greg_ood import registry
+from greg_ood.run.config import SCORES
 from greg_ood.registry import Method, Selection
-from greg_ood.trainer import Hooks, Job, Sources, Trainer
+from greg_ood.run.trainer import Hooks, Job, Sources, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -66,12 +67,15 @@ def test_table_is_consistent():
     assert registry.METHODS == ("ce",) + registry.ORDER
     cfg = _cfg()
     for m in registry.REGISTRY.values():
-        assert set(m.terms) - {"ce"} <= set(M._TERMS), m.name  # every declared term has its function
+        # every declared term is one the step sums, listed in the order it adds them
+        assert [t for t in registry.TERMS if t in m.terms] == list(m.terms), m.name
         assert m.detection_score is None or m.detection_score in SCORES, m.name
         if m.trained:  # the defining settings are valid training settings
             cfg.train_cfg("mini", m.name)
     assert registry.display_name("greg_plus") == "GReg+" and registry.display_name("oe_grad") == "OE + grad"
     assert registry.penalty_pairs() == [("energy", "greg"), ("oe", "oe_grad"), ("poem", "poem_grad")]
+    with pytest.raises(ValueError, match="follow the order"):
+        registry.Method("x", "X", ("ce", "grad", "energy"))
     assert C.GradAblationCfg().pairs == [("energy", "greg"), ("oe", "oe_grad"), ("poem", "poem_grad")]
     assert registry.display_name("openmix") == "openmix"  # unknown names pass through (paper-only methods)
     with pytest.raises(ValueError, match="unknown method 'openmix'.*greg_plus"):

@@ -27,7 +27,7 @@ JOB = '''import os, pathlib, sys, time
 
 
 def _declared():  # never called
-    from greg_ood import {module}
+    from greg_ood.run import {module}
 
 
 me, out, partners = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -370,8 +370,8 @@ def test_the_filter_covers_what_dvc_prints_now(tmp_path):
 def test_mlflow_tags_the_device(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from greg_ood import tracking
-    from greg_ood.runinfo import RunInfo
+    from greg_ood.run import tracking
+    from greg_ood.run.runinfo import RunInfo
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from greg_ood import config as C
-from greg_ood.dvcgen import dvc_files
-from greg_ood.runinfo import PRETRAINED, RunInfo, eval_metrics, train_metric
+from greg_ood.run import config as C
+from greg_ood.run.dvcgen import dvc_files
+from greg_ood.run.runinfo import PRETRAINED, RunInfo, eval_metrics, train_metric
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -34,7 +34,7 @@ def test_energy_and_logit_scores_hand_values():
 
 
 def test_registry_covers_config_scores():
-    from greg_ood import config
+    from greg_ood.run import config
 
     assert set(S.SCORES) == set(config.SCORES)
     assert S.SCORES["odin"].kind == "model" and S.SCORES["mahalanobis"].kind == "fit"

@@ -42,7 +42,7 @@ def test_build_copies_inputs_applies_overrides_and_commits(tmp_path):
 
 
 def test_tiny_params_validate_and_shrink_the_mini_suite(tmp_path):
-    from greg_ood import config as C
+    from greg_ood.run import config as C
 
     S.write_params(S.ROOT / "params.yaml", tmp_path / "params.yaml", S.TINY)
     mini = C.load(tmp_path / "params.yaml").params.suites["mini"]

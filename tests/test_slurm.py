@@ -21,7 +21,7 @@ import yaml
 
 import slurm_cluster
 from greg_ood.cli import slurm
-from greg_ood.runinfo import dvc_file
+from greg_ood.run.runinfo import dvc_file
 from test_postgres_tracking import team_server  # noqa: F401  (the fixture: PostgreSQL + tools/mlflow_server.sh)
 from tools import scratch_repo
 

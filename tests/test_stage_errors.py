@@ -12,8 +12,9 @@ import pytest
 import torch
 import yaml
 
-from greg_ood import models, pipeline, runguard
-from greg_ood.trainer import save_atomic
+from greg_ood import models
+from greg_ood.run import pipeline, runguard
+from greg_ood.run.trainer import save_atomic
 from test_stale import _corrupt_tensor_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_truncated_model_file_without_checksum_is_named(tmp_path):
     assert str(p) in str(ei.value) and "unreadable" in str(ei.value) and "dvc repro -f pretrain_mini" in str(ei.value)
 
 
-_LOAD = ("import sys; from pathlib import Path; from greg_ood import models, pipeline; "
+_LOAD = ("import sys; from pathlib import Path; from greg_ood import models; from greg_ood.run import pipeline; "
          "pipeline.run_stage(lambda: pipeline.load_model(Path(sys.argv[1]), models.build('small_cnn', 6, "
          "in_channels=1), 'cpu', stage='train_mini@x'))")
 
@@ -79,7 +80,7 @@ def test_unwritable_data_folder_is_named_with_the_fix(tmp_path):
 
 
 def test_checkpoint_checksum_detects_flipped_bytes(tmp_path):
-    from greg_ood.io import verify_checksum
+    from greg_ood.run.io import verify_checksum
 
     p = tmp_path / "c.pt"
     save_atomic({"w": torch.arange(4096.0)}, p)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from greg_ood import tracking
-from greg_ood.runinfo import RunInfo
+from greg_ood.run import tracking
+from greg_ood.run.runinfo import RunInfo
 
 
 @pytest.fixture()
@@ -170,11 +170,11 @@ def test_copied_clone_never_writes_into_the_original(tmp_path, monkeypatch):
         with pytest.raises(tracking.TrackingError, match="outside this clone") as ei:
             with tracking.stage_run(RunInfo("train", suite="mini"), resume_run_id=resume):
                 pytest.fail("must not run against another clone's artifact folder")
-        assert "python -m greg_ood.tracking relocate" in str(ei.value) and str(a) in str(ei.value)
-    r = subprocess.run([sys.executable, "-m", "greg_ood.tracking", "relocate"], cwd=b, capture_output=True, text=True,
+        assert "python -m greg_ood.run.tracking relocate" in str(ei.value) and str(a) in str(ei.value)
+    r = subprocess.run([sys.executable, "-m", "greg_ood.run.tracking", "relocate"], cwd=b, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
-    resume = ("import sys; from greg_ood import tracking; from greg_ood.runinfo import RunInfo\n"
+    resume = ("import sys; from greg_ood.run import tracking; from greg_ood.run.runinfo import RunInfo\n"
               "with tracking.stage_run(RunInfo('train', suite='mini'), resume_run_id=sys.argv[1]) as run:\n"
               "    assert run.run_id == sys.argv[1]; run.log_artifact('curve.csv', 'curves')\n")
     r = subprocess.run([sys.executable, "-c", resume, rid], cwd=b, capture_output=True, text=True, timeout=120)

@@ -6,8 +6,8 @@ import csv
 import sys
 from pathlib import Path
 
-from greg_ood.io import atomic_open
-from greg_ood.runlog import CSV_FIELDS, convert_old_curve, write_curve
+from greg_ood.run.io import atomic_open
+from greg_ood.run.runlog import CSV_FIELDS, convert_old_curve, write_curve
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))

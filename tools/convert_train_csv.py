@@ -1,6 +1,6 @@
 """One-off: rewrite training CSVs of the old format (a second row for each epoch's last step, holding only
 ``id_test_acc``) in the one-row-per-step format the train and pretrain stages now write
-(:func:`greg_ood.runlog.convert_old_curve`). Files already in the new format are left untouched.
+(:func:`greg_ood.run.runlog.convert_old_curve`). Files already in the new format are left untouched.
 
     python tools/convert_train_csv.py                      # every metrics/*/train/*.train.csv and pretrain curve
     python tools/convert_train_csv.py FILE [FILE ...]      # just these
@@ -15,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from greg_ood.io import write_bytes_atomic
-from greg_ood.runlog import convert_old_curve
+from greg_ood.run.io import write_bytes_atomic
+from greg_ood.run.runlog import convert_old_curve
 
 
 def default_files(root: Path) -> list[Path]:

@@ -6,7 +6,7 @@ pipeline benchmark and the kill soaks (nothing here is a test; tests import it).
     subprocess.run(["dvc", "repro", "report_mini"], cwd=tmp / "repo", env=env)
 
 Run from the repository root (``python -m ...`` or pytest, whose ``pythonpath`` names the root) so that ``tools`` is
-importable; the module needs only the standard library, PyYAML and ``greg_ood.dvcgen``.
+importable; the module needs only the standard library, PyYAML and ``greg_ood.run.dvcgen``.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def git_commit_all(repo: Path, env: dict, message: str) -> None:
 def copy_inputs(dest: Path, root: Path = ROOT) -> None:
     """Copy what ``dvc repro`` of a suite needs from ``root`` into ``dest``: stage scripts, code, inputs, every
     dvc.yaml (the root one and each stage group's) and the DVC configuration; no outputs, no lock files."""
-    from greg_ood.dvcgen import dvc_files
+    from greg_ood.run.dvcgen import dvc_files
 
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for name in COPIED_DIRS:

@@ -1,7 +1,7 @@
 """The per-sample input-gradient norm of the energy, ``||∇_x E(x)||_2``: the local Lipschitz estimate of the
 certified radius (:mod:`greg_ood.certify`) and the training monitor of the trainer (``gradnorm_every``).
 
-Its own module so that the training stages' code (:mod:`greg_ood.codedeps`) holds this function and not the rest of
+Its own module so that the training stages' code (:mod:`greg_ood.run.codedeps`) holds this function and not the rest of
 the certification analysis.
 """
 from __future__ import annotations

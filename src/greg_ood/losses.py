@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .scores import channel_view
+from .settings import check_margins as _margins
 
 __all__ = ["cross_entropy", "energy_margin_loss", "outlier_exposure_loss", "absent_class_loss", "gradient_penalty",
            "PenaltyStats", "margin_stats", "REDUCTIONS", "GRAD_SPACES"]
@@ -32,14 +33,6 @@ def _vec(t, name: str, allow_empty: bool = False) -> torch.Tensor:
     if t.numel() == 0 and not allow_empty:
         raise ValueError(f"{name}: is empty")
     return t
-
-
-def _margins(m_in: float, m_out: float) -> None:
-    for n, v in (("m_in", m_in), ("m_out", m_out)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v or v in (float("inf"), float("-inf")):
-            raise ValueError(f"{n}: expected a finite number, got {v!r}")
-    if not m_in < m_out:
-        raise ValueError(f"m_in: must be < m_out, got m_in={m_in}, m_out={m_out}")
 
 
 def _finite(t: torch.Tensor, name: str) -> None:

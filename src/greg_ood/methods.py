@@ -23,12 +23,13 @@ import torch
 
 from . import losses as L
 from . import registry
-from .config import LossCfg
+from .poem import PoemSelector
+from .settings import LossCfg, PoemCfg
 from .sampling import ROLE_HIGH, ROLE_LOW, energy_cluster_select
 from .scores import energy as energy_of
 from .scores import eval_no_grad
 
-__all__ = ["MethodLoss", "training_step", "select_auxiliary"]
+__all__ = ["MethodLoss", "training_step", "select_auxiliary", "make_selector"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class MethodLoss:
         return self.method.has_penalty and self.cfg.lambda_grad > 0
 
     def with_lambda_grad(self, value: float) -> "MethodLoss":
-        """The same loss with another penalty weight (a DDP rank's share, :mod:`greg_ood.distributed`)."""
+        """The same loss with another penalty weight (a DDP rank's share, :mod:`greg_ood.run.distributed`)."""
         return dataclasses.replace(self, cfg=self.cfg.model_copy(update={"lambda_grad": value}))
 
 
@@ -112,9 +113,6 @@ def _grad_term(s: _Step, loss: MethodLoss):
     return pen, {k: v.float() for k, v in st.as_dict().items()}
 
 
-#: term -> (its weight in LossCfg, its function); ``ce`` is always the first term, with weight 1
-_TERMS = {"energy": ("lambda_energy", _energy_term), "oe": ("lambda_oe", _oe_term),
-          "abs": ("lambda_abs", _abs_term), "grad": ("lambda_grad", _grad_term)}
 
 
 def training_step(model: torch.nn.Module, x_id: torch.Tensor, y_id: torch.Tensor, x_aux: Optional[torch.Tensor],
@@ -170,14 +168,25 @@ def training_step(model: torch.nn.Module, x_id: torch.Tensor, y_id: torch.Tensor
     logs: dict[str, torch.Tensor] = {"ce": ce.detach()}
     E = energy_of(logits) if "energy" in m.terms or penalty_on else None
     step = _Step(x, logits, n_in, K, E, aux_roles if split else None)
-    for term in m.terms[1:]:
-        if term == "grad" and not penalty_on:
-            continue
-        weight, fn = _TERMS[term]
-        value, extra = fn(step, loss)
-        total = total + getattr(c, weight) * value
-        logs[term] = value.detach()
-        logs.update(extra)
+    # the weighted sum, in the order the registry lists every entry's terms (ce, then L_S / L_OE / L_abs, then L_∇S):
+    #   total = L_CE + λ_S·L_S + λ_OE·L_OE + β·L_abs + λ_∇S·L_∇S   (each term only when the method has it)
+    if "energy" in m.terms:
+        l_s, _ = _energy_term(step, loss)
+        total = total + c.lambda_energy * l_s
+        logs["energy"] = l_s.detach()
+    if "oe" in m.terms:
+        l_oe, _ = _oe_term(step, loss)
+        total = total + c.lambda_oe * l_oe
+        logs["oe"] = l_oe.detach()
+    if "abs" in m.terms:
+        l_abs, _ = _abs_term(step, loss)
+        total = total + c.lambda_abs * l_abs
+        logs["abs"] = l_abs.detach()
+    if penalty_on:
+        l_grad, stats = _grad_term(step, loss)
+        total = total + c.lambda_grad * l_grad
+        logs["grad"] = l_grad.detach()
+        logs.update(stats)
     if diagnostics:
         with torch.no_grad():
             e = E.detach() if E is not None else energy_of(logits.detach())
@@ -213,3 +222,14 @@ def select_auxiliary(model: torch.nn.Module, candidates: torch.Tensor, n_select:
         return energy_cluster_select(w, z, n_clusters, n_select, two_way=two_way, start=start, stop=stop,
                                      normalization=normalization, n_init=n_init, generator=generator,
                                      return_roles=return_roles, **kmeans_kw)
+
+
+def make_selector(method: registry.Method, train_cfg, reduce=None):
+    """The stateful auxiliary-batch selector of ``method`` for one run (None when it has none): ``"poem"`` ->
+    :class:`~greg_ood.poem.PoemSelector` with the run's ``train.poem`` settings (their defaults when unset).
+    ``reduce`` sums a tensor in place over the DDP ranks, or is None."""
+    if method.selector is None:
+        return None
+    if method.selector == "poem":
+        return PoemSelector(train_cfg.poem or PoemCfg(), reduce)
+    raise ValueError(f"{method.name}: no selector of kind {method.selector!r}")

@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from .config import PoemCfg
+from .settings import PoemCfg
 from .scores import eval_no_grad
 
 __all__ = ["Posterior", "blr_posterior", "thompson_scores", "closest_to_boundary", "PoemSelector"]

@@ -3,8 +3,8 @@
 An entry says everything the rest of the code asks about a method: its display name (and, by its place in
 :data:`REGISTRY`, its place in the tables), whether it trains on auxiliary outliers and how its auxiliary batch is
 chosen, how many extra outputs its model has, which score it detects with, which loss terms it sums, and the settings
-that define it. Config validation (:mod:`greg_ood.config`), the training step (:mod:`greg_ood.methods`), the trainer,
-the stage wiring (:mod:`greg_ood.pipeline`) and evaluation read these entries; no other module tests a method's name.
+that define it. Config validation (:mod:`greg_ood.run.config`), the training step (:mod:`greg_ood.methods`), the trainer,
+the stage wiring (:mod:`greg_ood.run.pipeline`) and evaluation read these entries; no other module tests a method's name.
 Adding a method means adding its entry here, plus its own loss term or selection score in :mod:`greg_ood.methods`
 when it brings a new one.
 
@@ -24,12 +24,10 @@ from __future__ import annotations
 import copy
 import difflib
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Optional
+from typing import Any, Optional
 
-from pydantic import AfterValidator
-
-__all__ = ["Method", "Selection", "Selector", "REGISTRY", "METHODS", "ORDER", "TERMS", "get", "trained", "display_name",
-           "check_trained", "TrainMethod", "penalty_pairs", "deep_merge", "resolve_settings", "leaf_paths", "replaces"]
+__all__ = ["Method", "Selection", "SELECTORS", "REGISTRY", "METHODS", "ORDER", "TERMS", "get", "trained", "display_name",
+           "check_trained", "penalty_pairs", "deep_merge", "resolve_settings", "leaf_paths", "replaces"]
 
 #: the loss terms a method can sum (their names are also the keys of the training logs): cross-entropy on the ID
 #: rows, the energy margin loss L_S, outlier exposure, the absent-class loss of DOS, and the GReg gradient penalty
@@ -53,11 +51,11 @@ class Selection:
             raise ValueError(f"score: must be 'energy' or 'absent', got {self.score!r}")
 
 
-#: a stateful auxiliary-batch selector: built once per run by ``factory(train_cfg, reduce)`` (``reduce`` sums a tensor
-#: in place over the DDP ranks, or is None), it answers ``select(model, candidates, x_id, n_select, *, epoch,
-#: generator) -> (indices, roles or None)`` and carries its state in ``state_dict()`` / ``load_state_dict()``, which
-#: the trainer saves in and restores from its checkpoints (POEM's posterior, :class:`greg_ood.poem.PoemSelector`)
-Selector = Callable[[Any, Optional[Callable]], Any]
+#: the kinds of stateful auxiliary-batch selector (:attr:`Method.selector`); :func:`greg_ood.methods.make_selector`
+#: builds one per run. A selector answers ``select(model, candidates, x_id, n_select, *, epoch, generator) ->
+#: (indices, roles or None)`` and carries its state in ``state_dict()`` / ``load_state_dict()``, which the trainer
+#: saves in and restores from its checkpoints. ``"poem"``: POEM's posterior sampling (:class:`greg_ood.poem.PoemSelector`)
+SELECTORS = ("poem",)
 
 
 @dataclass(frozen=True)
@@ -67,14 +65,14 @@ class Method:
     name: str
     #: name in tables and figures
     display: str
-    #: loss terms, in the order they are added (a subset of :data:`TERMS`; always starts with ``"ce"``)
+    #: loss terms (a subset of :data:`TERMS` in its order, always starting with ``"ce"``: the order they are added in)
     terms: tuple[str, ...]
     #: trains on auxiliary outliers (every method but the CE pretraining objective)
     aux: bool = True
     #: None: a random auxiliary batch of ``aux_batch_size`` rows; else chosen by clustering candidates
     selection: Optional[Selection] = None
-    #: a stateful selector factory (see :data:`Selector`) instead of the clustering ``selection``
-    selector: Optional[Selector] = None
+    #: a stateful selector (one of :data:`SELECTORS`) instead of the clustering ``selection``
+    selector: Optional[str] = None
     #: outputs beyond the K classes (DOS: 1, the absent class)
     extra_outputs: int = 0
     #: detection score at evaluation; None = the suite's ``eval.primary``
@@ -90,12 +88,15 @@ class Method:
 
     def __post_init__(self):
         unknown = [t for t in self.terms if t not in TERMS]
-        if unknown or not self.terms or self.terms[0] != "ce":
-            raise ValueError(f"{self.name}: terms must start with 'ce' and be among {TERMS}, got {self.terms}")
+        in_order = [t for t in TERMS if t in self.terms] == list(self.terms)
+        if unknown or not self.terms or self.terms[0] != "ce" or not in_order:
+            raise ValueError(f"{self.name}: terms must start with 'ce' and follow the order of {TERMS}, got {self.terms}")
         if not self.aux and (len(self.terms) > 1 or self.selection is not None):
             raise ValueError(f"{self.name}: a method without auxiliary data has only the 'ce' term and no selection")
         if self.selection is not None and self.selector is not None:
             raise ValueError(f"{self.name}: give a clustering selection or a selector, not both")
+        if self.selector is not None and self.selector not in SELECTORS:
+            raise ValueError(f"{self.name}: selector must be one of {SELECTORS}, got {self.selector!r}")
         if not self.aux and self.selector is not None:
             raise ValueError(f"{self.name}: a method without auxiliary data has no selector")
         if self.extra_outputs < 0:
@@ -117,16 +118,8 @@ class Method:
 _NO_GRAD = {"loss": {"lambda_grad": 0.0}}
 _NO_GRAD_NO_ENERGY = {"loss": {"lambda_grad": 0.0, "lambda_energy": 0.0}}
 
-#: POEM's posterior settings at their defaults (:class:`greg_ood.config.PoemCfg`; ``method_params`` may change them)
+#: POEM's posterior settings at their defaults (:class:`greg_ood.settings.PoemCfg`; ``method_params`` may change them)
 _POEM = {"poem": {}}
-
-
-def _poem_selector(train_cfg, reduce=None):
-    """POEM's posterior-sampling selector with the run's ``poem`` settings (imported here: it needs torch)."""
-    from .config import PoemCfg
-    from .poem import PoemSelector
-
-    return PoemSelector(train_cfg.poem or PoemCfg(), reduce)
 
 
 #: every method, in table order (``ce`` first: it is the pretraining objective, not a table row)
@@ -151,9 +144,9 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     # Ming et al. 2022: the energy margin loss on the outliers closest to the boundary of a Thompson-sampled Bayesian
     # linear model on the features; "POEM + grad" is the paper's ablation row (our combination: GReg's penalty on the
     # same energies and margins, added to POEM's loss)
-    Method("poem", "POEM", ("ce", "energy"), selector=_poem_selector,
+    Method("poem", "POEM", ("ce", "energy"), selector="poem",
            settings={**_NO_GRAD, **_POEM}, color="tab:brown"),
-    Method("poem_grad", "POEM + grad", ("ce", "energy", "grad"), selector=_poem_selector, settings=_POEM,
+    Method("poem_grad", "POEM + grad", ("ce", "energy", "grad"), selector="poem", settings=_POEM,
            adds_penalty_to="poem", color="tab:pink"),
 )}
 
@@ -194,10 +187,6 @@ def check_trained(name: str) -> str:
     return name
 
 
-#: a method name in params.yaml, checked against the registry when the params are validated (so a new entry is valid
-#: at once)
-TrainMethod = Annotated[str, AfterValidator(check_trained)]
-
 
 def display_name(name: str) -> str:
     """The table name of method ``name`` (a name the registry does not know is returned unchanged)."""
@@ -218,7 +207,7 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 def resolve_settings(name: str, shared: dict, override: Optional[dict]) -> dict:
     """The raw training settings of method ``name``: ``shared`` (the suite's ``train``) <- the method's defining
-    settings <- ``override`` (its ``method_params``); :meth:`greg_ood.config.Config.train_cfg` validates them."""
+    settings <- ``override`` (its ``method_params``); :meth:`greg_ood.run.config.Config.train_cfg` validates them."""
     return deep_merge(deep_merge(shared, get(name).settings), override or {})
 
 

@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from .. import report, tracking
+from .. import report
+from ..run import tracking
 
 
 def collect_results(suite: str, method: str, *, experiment_prefix: str = "greg-ood",

@@ -115,7 +115,7 @@ def run_label(method: str, seed: Optional[int], lambda_grad: Optional[float]) ->
 def run_labels(cfg) -> dict[str, str]:
     """``{run name (the plot file's stem): legend label}`` for every run the configuration ``cfg`` declares, in
     every suite: the main grid, the λ ablation points and the pretrained baseline."""
-    from ..runinfo import PRETRAINED, pretrained_experiment
+    from ..run.runinfo import PRETRAINED, pretrained_experiment
 
     out = {}
     for suite in cfg.params.suites:
@@ -150,7 +150,7 @@ def params_text_at(rev: str) -> Optional[str]:
 def labels_at(rev: str, root: Path = Path(".")) -> Optional[dict[str, str]]:
     """:func:`run_labels` of the configuration at ``rev`` (the working tree's for ``workspace``); None where that
     ``params.yaml`` cannot be read or is invalid."""
-    from .. import config as C
+    from ..run import config as C
 
     try:
         if rev == WORKSPACE:

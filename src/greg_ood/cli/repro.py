@@ -129,7 +129,7 @@ def priority(p: Plan) -> dict[str, int]:
 
 # ---------------------------------------------------------------------------------------------- what a stage needs
 #: the package module that picks a stage's device (``runtime.resolve_device``), and the one that runs it under DDP
-DEVICE_MODULE, DDP_MODULE = "runtime.py", "distributed.py"
+DEVICE_MODULE, DDP_MODULE = "run/runtime.py", "run/distributed.py"
 
 
 class ExperimentNproc:
@@ -150,7 +150,7 @@ class ExperimentNproc:
         if not (a.suite and a.method and a.arch and a.seed is not None):
             return 1
         if self._cfg is None:
-            from greg_ood import config
+            from greg_ood.run import config
 
             self._cfg = config.load(self.params)
         return self._cfg.experiment(a.suite, a.method, a.arch, a.seed, ablation_lambda=a.lambda_grad).train.nproc
@@ -159,7 +159,7 @@ class ExperimentNproc:
 def _package_modules(script: Path) -> set[str]:
     """The ``greg_ood`` files a script runs (its import closure), relative to the package (``runtime.py``,
     ``data/__init__.py``, ...); empty for a script that imports nothing of the package."""
-    from greg_ood import codedeps
+    from greg_ood.run import codedeps
 
     return {p.relative_to(codedeps.PACKAGE_DIR).as_posix() for p in codedeps.closure(script)
             if p.is_relative_to(codedeps.PACKAGE_DIR)}
@@ -445,17 +445,27 @@ class Progress:
 
 
 # ---------------------------------------------------------------------------------------------- running
+def _load_prctl():
+    """libc's ``prctl``, looked up once in the runner (never in a forked child: importing there can deadlock on a
+    lock another thread held at fork time); None where there is none."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
 def _die_with_parent() -> None:
     """In a worker, before ``exec``: the kernel sends it SIGTERM when the runner dies (Linux ``PR_SET_PDEATHSIG``),
     so a killed runner leaves no ``dvc`` worker running on with nobody reading its output (DVC's own handling of a
     killed ``dvc`` then applies: its stage command stops with it, and the stage re-runs next time). Elsewhere a
-    no-op."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
+    no-op. It only calls a function looked up beforehand: it runs between fork and exec."""
+    if _PRCTL is not None:
+        _PRCTL(1, int(signal.SIGTERM))   # PR_SET_PDEATHSIG = 1
 
 
 def _pump(proc: subprocess.Popen, name: str, progress: Progress) -> None:
@@ -600,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.executor == "slurm":
         from greg_ood.cli import slurm
 
-        return slurm.run(args.target, args.cluster_config, dry_run=args.dry_run or args.dry, force=args.force)
+        return slurm.run(args.target, args.cluster_config, plan, dry_run=args.dry_run or args.dry, force=args.force)
     try:
         devices = parse_gpus(args.gpus)
         if devices is not None:

@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 #: keys a resource block of the cluster file may set
 RESOURCE_KEYS = ("partition", "account", "time", "cpus", "mem", "gpus", "extra")
@@ -134,7 +134,7 @@ def check_tracking(env: dict) -> str:
             "--executor slurm needs an MLflow tracking server, because many jobs writing one SQLite file on a shared "
             f"filesystem can corrupt it: start one (tools/mlflow_server.sh, docs/team-server.md) and export "
             f"MLFLOW_TRACKING_URI=http://HOST:PORT (now {uri or 'unset'}).")
-    from greg_ood import tracking
+    from greg_ood.run import tracking
 
     try:
         tracking.check_reachable(uri)
@@ -326,11 +326,11 @@ def print_dry(jobs: list[Job], root: Path, cluster: Cluster) -> None:
         print(f"  runs: dvc --wait-for-lock repro --single-item {j.stage}")
 
 
-def run(target: str, cluster_config: Optional[str], dry_run: bool = False, force: bool = False,
+def run(target: str, cluster_config: Optional[str], plan: Callable, dry_run: bool = False, force: bool = False,
         root: str = ".", poll: float = 5.0) -> int:
-    """The ``--executor slurm`` path of :mod:`greg_ood.cli.repro`: check, plan, submit, wait, report."""
-    from greg_ood.cli.repro import plan
-
+    """The ``--executor slurm`` path of :mod:`greg_ood.cli.repro`: check, plan, submit, wait, report. ``plan`` is the
+    runner's :func:`greg_ood.cli.repro.plan` (passed in, so that this module does not import the runner that
+    imports it)."""
     env = dict(os.environ)
     rootp = Path(root).resolve()
     try:

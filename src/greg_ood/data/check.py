@@ -1,4 +1,4 @@
-"""``python -m greg_ood.data check --suite S``: every file a suite needs, in one table.
+"""Every file a suite needs, in one table (``python -m greg_ood.data check --suite S``, :mod:`greg_ood.data.__main__`).
 
 For each dataset the suite reads (ID, auxiliary, every OOD set) and each file it is built from: the status (prepared,
 present, system copy, wrong size, missing), size, published checksum, where it comes from and where it must be placed
@@ -7,10 +7,8 @@ without internet learns everything at once instead of one failing download at a 
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
-from typing import Optional
+
 
 from .download import find_system_copy
 from .sources import DATASETS, Source
@@ -20,7 +18,7 @@ COLUMNS = ("status", "dataset", "file", "size", "checksum", "source", "place at"
 
 def suite_datasets(cfg, suite: str) -> list[str]:
     """The datasets ``suite`` reads, in order (ID, auxiliary, OOD sets, the extra protocols' sets), each once."""
-    from ..openood import protocol_datasets
+    from .openood import protocol_datasets
 
     d = cfg.suite(suite).data
     names = [d.id.dataset, d.aux.dataset, *(o.dataset for o in d.ood), *protocol_datasets(cfg.suite(suite))]
@@ -98,23 +96,3 @@ def report(cfg, suite: str, data_dir: Path) -> tuple[str, int]:
         text.append(f"Place each MISSING file at its path (any of its sources; it is verified against the checksum "
                     f"before use), then run `dvc repro report_{suite}`.")
     return "\n".join(text), bad
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    from .. import config as C
-
-    ap = argparse.ArgumentParser(prog="python -m greg_ood.data", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="command", required=True)
-    chk = sub.add_parser("check", help="list every file a suite needs and which are present")
-    chk.add_argument("--suite", required=True)
-    chk.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    try:
-        cfg = C.load(args.params)
-        cfg.suite(args.suite)
-    except C.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    text, bad = report(cfg, args.suite, Path(cfg.params.project.data_dir))
-    print(text)
-    return 1 if bad else 0

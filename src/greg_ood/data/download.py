@@ -27,8 +27,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
-from ..errors import UserError
-from ..io import write_json_atomic
+from ..run.errors import UserError
+from ..run.io import write_json_atomic
 from .sources import Source
 
 log = logging.getLogger("greg_ood.data")

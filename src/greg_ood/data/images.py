@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 import numpy as np
 from PIL import Image
 
-from ..io import remove_stale_dirs
+from ..run.io import remove_stale_dirs
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 

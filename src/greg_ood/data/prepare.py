@@ -31,8 +31,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ..io import remove_stale_dirs, write_json_atomic
-from ..errors import UserError
+from ..run.io import remove_stale_dirs, write_json_atomic
+from ..run.errors import UserError
 from .build import BuildContext, channel_stats, probe_hash, sha256_file
 from .registry import BUILDERS
 from .sources import DATASETS, DatasetSpec, Source, resolve_options, source_override, DOWNLOAD_OPTIONS

@@ -376,3 +376,8 @@ def _override_entry(spec: DatasetSpec, e: Any, where: str) -> Source:
         raise ValueError(f"{where}.size: {size!r} is not a positive integer (bytes)")
     return Source(fname, tuple(urls), md5=md5.lower() if md5 else None, sha256=sha.lower() if sha else None,
                   size=size, approx_size="from the source override")
+
+
+#: the synthetic-noise datasets (their images are generated noise, not photographs): the report's noise finding
+#: studies the OOD sets built from them, and dvcgen gives that finding's stage their files as deps
+NOISE_DATASETS = ("gaussian_noise", "uniform_noise")

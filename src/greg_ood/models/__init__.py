@@ -19,6 +19,7 @@ from typing import Callable
 
 from torch import nn
 
+from ..archs import ARCHS
 from .base import OODNet
 from .densenet import DenseNet121, DenseNetBC
 from .resnet import ResNet18
@@ -48,6 +49,10 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet18": ResNet18,
     "densenet121": DenseNet121,
 }
+
+
+if set(REGISTRY) != set(ARCHS):  # the names are declared once, in greg_ood.archs
+    raise ImportError(f"models.REGISTRY builds {sorted(REGISTRY)} but greg_ood.archs declares {sorted(ARCHS)}")
 
 
 def names() -> list[str]:

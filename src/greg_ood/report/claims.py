@@ -21,7 +21,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ..io import write_bytes_atomic
+from ..run.io import write_bytes_atomic
 from .aggregate import (convention_text, headline_set, kinds_text, mean_label, natural_split, one_convention, ood_sets,
                         select_rows, with_natural_mean)
 from .loading import load_certify, load_paper_numbers, load_train_curves

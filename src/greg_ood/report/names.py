@@ -6,8 +6,8 @@ report before anyone names it here.
 """
 from __future__ import annotations
 
-from .. import registry
-from ..runinfo import PRETRAINED
+from .. import archs, registry
+from ..run.runinfo import PRETRAINED
 
 #: training methods in table order, their names, colours and "+ grad" pairs come from the method registry (the one
 #: place a method is declared); the constants below are the built-in table, the functions read the live registry
@@ -19,9 +19,8 @@ PRETRAINED_COLOR = "0.45"
 BASELINE_ORDER = (PRETRAINED,)
 BASELINE_NAMES = {PRETRAINED: "Pretrained (no fine-tuning)"}
 BENCHMARK_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet10": "ImageNet-10"}
-ARCH_ORDER = ("small_cnn", "resnet18", "wrn40_2", "densenet100", "densenet101", "densenet121")
-ARCH_NAMES = {"small_cnn": "Small CNN", "resnet18": "ResNet-18", "wrn40_2": "WRN-40-2",
-              "densenet100": "DenseNet-100", "densenet101": "DenseNet-101", "densenet121": "DenseNet-121"}
+ARCH_ORDER = archs.NAMES
+ARCH_NAMES = {name: a.display for name, a in archs.ARCHS.items()}
 #: OOD sets: one style (the dataset's usual name, capitalised as its authors write it)
 SET_NAMES = {"fmnist_near": "Fashion-MNIST 6–9", "digits": "Digits", "faces": "Faces",
              "gaussian_noise": "Gaussian noise", "uniform_noise": "Uniform noise",

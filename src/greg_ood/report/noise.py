@@ -19,15 +19,14 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ..io import write_bytes_atomic
+from ..data.sources import NOISE_DATASETS
+from ..run.io import write_bytes_atomic
 from ..metrics import fpr_at_tpr
 from .aggregate import score_mask
 from .loading import experiment_of_csv, load_train_curves
 from .names import arch_key, arch_name, method_key, method_name, set_name
 from .writers import table_to_markdown
 
-#: datasets whose OOD sets count as synthetic noise
-NOISE_DATASETS = ("gaussian_noise", "uniform_noise")
 #: a run "scores noise as ID" when its FPR95 on a noise set exceeds this fraction
 SCORED_AS_ID_FPR = 0.5
 #: at most this many images per dataset enter the pixel statistics (evenly spaced, so the choice is fixed)
@@ -51,7 +50,7 @@ def noise_inputs_from_names(ood_sets: Sequence[str]) -> NoiseInputs:
 
 
 def noise_inputs(suite_cfg, paths) -> NoiseInputs:
-    """From a suite's config (:class:`greg_ood.config.SuiteCfg`) and :class:`greg_ood.paths.Paths`: the OOD sets
+    """From a suite's config (:class:`greg_ood.run.config.SuiteCfg`) and :class:`greg_ood.run.paths.Paths`: the OOD sets
     whose dataset is one of :data:`NOISE_DATASETS`, and the image files of the auxiliary pool and of those sets."""
     d = suite_cfg.data
     sets = [o for o in d.ood if o.dataset in NOISE_DATASETS]

@@ -1,5 +1,5 @@
 """The OpenOOD v1.5 protocol's tables (``reports/<suite>/openood_v1_5.*`` and ``openood_v1_5_per_set.*``) from the
-``protocols.openood_v1_5`` blocks of the results files (:mod:`greg_ood.openood_eval`).
+``protocols.openood_v1_5`` blocks of the results files (:mod:`greg_ood.run.openood_eval`).
 
 Rows: (Architecture, Method) of the main runs; cells "mean ± std" over seeds, in percent. ``openood_v1_5``: per group
 (near-OOD, far-OOD) AUROC and FPR95 in both conventions, then the ID accuracy; ``openood_v1_5_per_set``: AUROC and
@@ -14,8 +14,8 @@ from typing import Iterable
 
 import pandas as pd
 
-from ..io import write_bytes_atomic
-from ..openood import GROUPS, OPENOOD_V1_5
+from ..run.io import write_bytes_atomic
+from ..data.openood import GROUPS, OPENOOD_V1_5
 from .aggregate import format_mean_std, method_frame
 from .names import arch_key, arch_name, method_key, method_name, score_name
 from .writers import write_table

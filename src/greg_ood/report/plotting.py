@@ -14,7 +14,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from ..io import write_bytes_atomic
+from ..run.io import write_bytes_atomic
 
 def figure(nrows: int, ncols: int, *, w: float = 4.2, h: float = 3.4):
     from matplotlib.figure import Figure  # object-oriented API: no pyplot, no global backend switch

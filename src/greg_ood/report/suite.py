@@ -1,7 +1,7 @@
 """One suite's report (what ``stages/report.py`` runs): every table, the claims table, the figures, ``summary.md``
 under ``reports/<suite>/``, and the compact per-method numbers for ``dvc metrics show``.
 
-Inputs (``docs/CONTRACTS.md``; paths as in :mod:`greg_ood.paths`): results JSON ``results/<suite>/<exp>.json``,
+Inputs (``docs/CONTRACTS.md``; paths as in :mod:`greg_ood.run.paths`): results JSON ``results/<suite>/<exp>.json``,
 ROC points ``results/<suite>/roc/<exp>/roc.json``, score arrays ``results/<suite>/scores/<exp>.npz``, training logs
 ``metrics/<suite>/train/<exp>.train.csv``, certify arrays ``certify/<suite>/<exp>.npz`` with ``certify.json``, and
 the paper's numbers ``reports/paper/paper_numbers.csv``.
@@ -15,7 +15,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from ..io import remove_stale_temps, write_bytes_atomic, write_json_atomic
+from ..run.io import remove_stale_temps, write_bytes_atomic, write_json_atomic
 from . import suite_figures as F
 from .aggregate import convention_text, headline_set, one_convention, ood_sets, summary_metrics
 from .claims import claims_table, write_claims

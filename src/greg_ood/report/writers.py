@@ -14,7 +14,7 @@ from typing import Optional
 
 import pandas as pd
 
-from ..io import write_bytes_atomic
+from ..run.io import write_bytes_atomic
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",

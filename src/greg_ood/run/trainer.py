@@ -22,9 +22,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from . import methods as M
-from . import registry
-from .data.augment import derive_seed
+from .. import methods as M
+from .. import registry
+from ..data.augment import derive_seed
 from .errors import UserError
 from .runguard import StageKilled, stop_requested
 from .runtime import load_checkpoint, save_atomic
@@ -156,7 +156,7 @@ class Trainer:
 
     Checkpointing: ``ckpt_path`` (None: none), ``config_hash`` (a checkpoint with another hash is not resumed) and
     ``extra_state`` (saved inside each checkpoint, restored on resume). ``distributed``: a
-    :class:`greg_ood.distributed.Context` or None.
+    :class:`greg_ood.run.distributed.Context` or None.
     """
 
     def __init__(self, model: torch.nn.Module, job: Job, sources: Sources, *, device: torch.device,
@@ -177,7 +177,7 @@ class Trainer:
         self.log_every = hooks.log_every
         self.epoch_end = hooks.epoch_end
         self.extra_state = dict(extra_state or {})
-        self.dist = distributed  # greg_ood.distributed.Context or None
+        self.dist = distributed  # greg_ood.run.distributed.Context or None
         self.on_save = hooks.on_save
         self.progress = hooks.progress
         self.steps_per_epoch = sources.id.steps_per_epoch
@@ -197,7 +197,7 @@ class Trainer:
             raise ValueError(f"method {job.method!r} needs auxiliary outliers but Sources.aux is None")
         self.selector = None  # a stateful selector (registry ``Method.selector``), its state saved in checkpoints
         if job.entry.selector is not None:
-            self.selector = job.entry.selector(cfg, _all_reduce_sum if distributed is not None else None)
+            self.selector = M.make_selector(job.entry, cfg, _all_reduce_sum if distributed is not None else None)
         self.global_step = 0
         self._last_components: dict = {}
 
@@ -228,8 +228,8 @@ class Trainer:
             self.on_save()
 
     def _stop_if_requested(self, epoch: int, step: int, saved: bool = False) -> None:
-        """After a SIGTERM/SIGINT (see :func:`greg_ood.runguard.graceful_stop`): save the position reached, then
-        raise :class:`~greg_ood.runguard.StageKilled`. Single-process only: under DDP the ranks could see the signal
+        """After a SIGTERM/SIGINT (see :func:`greg_ood.run.runguard.graceful_stop`): save the position reached, then
+        raise :class:`~greg_ood.run.runguard.StageKilled`. Single-process only: under DDP the ranks could see the signal
         at different steps, so there the signal stops the run at once (the last periodic checkpoint stays)."""
         signum = stop_requested()
         if signum is None or self.dist is not None:
@@ -367,7 +367,7 @@ class Trainer:
 
     def monitor_gradnorm(self, x_id: torch.Tensor, x_aux: torch.Tensor) -> dict[str, float]:
         """True mean ||grad_x E(x)||_2 on this step's ID and auxiliary rows (eval-mode BN; the paper's Figure 3)."""
-        from .gradnorm import energy_grad_norms
+        from ..gradnorm import energy_grad_norms
 
         model = self.model.module if hasattr(self.model, "module") else self.model
         g_id = energy_grad_norms(model, x_id)

@@ -1,4 +1,4 @@
-"""The OpenOOD v1.5 protocol's evaluation (sets: :mod:`greg_ood.openood`), run by the evaluate stage beside the
+"""The OpenOOD v1.5 protocol's evaluation (sets: :mod:`greg_ood.data.openood`), run by the evaluate stage beside the
 paper's when ``eval.protocols`` lists ``openood_v1_5``.
 
 Metrics per set, from the suite's detection score (higher = ID): FPR95 in **both** conventions — OpenOOD's, with
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics as MT
-from .openood import GROUPS, OPENOOD_V1_5, ProtocolSet, protocol_sets
+from .. import metrics as MT
+from ..data.openood import GROUPS, OPENOOD_V1_5, ProtocolSet, protocol_sets
 
 
 # ----------------------------------------------------------------------------------------------------- metrics
@@ -61,7 +61,7 @@ def protocol_result(score_id: np.ndarray, scores: dict[str, np.ndarray], sets: t
 def run_protocols(cfg, suite: str, model, sd, *, device, primary: str) -> dict:
     """``{"protocols": {name: block}}`` for every protocol of ``suites.<suite>.eval.protocols`` beyond ``paper``,
     or ``{}`` (nothing is loaded or computed then, so the paper results file stays as it was)."""
-    from . import data as D
+    from .. import data as D
     from .evaluation import evaluate
 
     s = cfg.suite(suite)
@@ -81,7 +81,7 @@ def run_protocols(cfg, suite: str, model, sd, *, device, primary: str) -> dict:
 def aux_overlap_sets(cfg, suite: str) -> dict:
     """The protocol's test sets, named ``openood_v1_5/<set>``, for the auxiliary overlap guard of the select stage
     ({} when the suite evaluates only the paper's protocol)."""
-    from . import data as D
+    from .. import data as D
 
     s = cfg.suite(suite)
     if OPENOOD_V1_5 not in s.eval.protocols:

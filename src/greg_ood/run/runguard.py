@@ -2,7 +2,7 @@
 checkpoint (an exclusive lock), a stage that dies with its parent ``dvc``, and SIGTERM/SIGINT turned into a clean stop.
 
 * :class:`StageError` and its subclasses carry a message that names the file and the fix; the stage front
-  (:func:`greg_ood.pipeline.run_stage`) prints it and exits with status 2 (the traceback only with ``-v``).
+  (:func:`greg_ood.run.pipeline.run_stage`) prints it and exits with status 2 (the traceback only with ``-v``).
 * :func:`hold_run_lock` takes an exclusive ``fcntl.flock`` on ``<checkpoint>.lock`` for the life of the process (the
   kernel releases it when the process dies, however it dies); a second trainer on the same checkpoint stops at once,
   naming the holder's PID.

@@ -2,7 +2,7 @@
 e.g. ``train_mini@greg-small_cnn-0``), its MLflow run name (what differs first: ``greg · s0 · train (mini,
 small_cnn)``), the identity params/tags MLflow groups and colours runs by (suite, method, arch, seed, lambda_grad,
 group), a one-sentence description, and the MLflow metric names (grouped by ``/`` sections; the CSV columns keep
-their short names, this module maps them). No MLflow import here: :mod:`greg_ood.tracking` writes what this says.
+their short names, this module maps them). No MLflow import here: :mod:`greg_ood.run.tracking` writes what this says.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class RunInfo:
 
     @classmethod
     def of_experiment(cls, stage: str, exp) -> "RunInfo":
-        """The train or evaluate execution of a resolved :class:`greg_ood.config.Experiment`."""
+        """The train or evaluate execution of a resolved :class:`greg_ood.run.config.Experiment`."""
         return cls(stage, suite=exp.suite, method=exp.method, arch=exp.arch, seed=exp.seed,
                    lambda_grad=exp.train.loss.lambda_grad, group=exp.group, label=exp.label)
 

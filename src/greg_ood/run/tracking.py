@@ -1,6 +1,6 @@
 """MLflow tracking: one run per stage execution in one experiment per suite; its name, identity params/tags
 (suite, method, arch, seed, lambda_grad, group), description and real DVC stage name come from
-:class:`greg_ood.runinfo.RunInfo`.
+:class:`greg_ood.run.runinfo.RunInfo`.
 
 * Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo root>/mlflow.db`` (an *absolute* path, so DVC's
   temporary experiment copies under ``.dvc/tmp/exps`` log into the same store as the workspace). Artifacts of the local
@@ -10,7 +10,7 @@
 * Resume: a stage that resumes from a checkpoint passes the stored run id and continues the same run; metrics carry
   explicit steps so curves stay contiguous.
 * Portable store: the local store's artifact locations must lie inside the current clone. A copied or moved clone
-  (whose ``mlflow.db`` still points at the old place) is refused with the fix, ``python -m greg_ood.tracking
+  (whose ``mlflow.db`` still points at the old place) is refused with the fix, ``python -m greg_ood.run.tracking
   relocate``, which rewrites the locations to this clone; it never writes into another clone's ``mlruns``.
 * An unreadable ``mlflow.db`` is named with how to move it aside.
 No MLflow call lives in the math; the stages and the trainer's logger callback are the only users.
@@ -296,7 +296,7 @@ def _check_location(location: str, what: str, root: Optional[Path]) -> None:
     if not where.resolve().is_relative_to(root.resolve()):
         raise TrackingError(
             f"{root / 'mlflow.db'}: {what} keeps its artifacts in {where}, outside this clone {root} (the store was "
-            f"copied or moved); run `python -m greg_ood.tracking relocate` here to point it at {root / 'mlruns'}")
+            f"copied or moved); run `python -m greg_ood.run.tracking relocate` here to point it at {root / 'mlruns'}")
 
 
 @contextlib.contextmanager
@@ -448,12 +448,12 @@ def params_hash(d: dict) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """``python -m greg_ood.tracking relocate``: rewrite the local store's artifact locations to this clone.
-    ``python -m greg_ood.tracking classic``: tag every experiment of the store as a classic ML experiment (MLflow 3
+    """``python -m greg_ood.run.tracking relocate``: rewrite the local store's artifact locations to this clone.
+    ``python -m greg_ood.run.tracking classic``: tag every experiment of the store as a classic ML experiment (MLflow 3
     then opens it on the runs table)."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m greg_ood.tracking", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m greg_ood.run.tracking", description=main.__doc__)
     ap.add_argument("command", choices=["relocate", "classic"])
     if ap.parse_args(argv).command == "classic":
         client = make_client()

@@ -1,4 +1,4 @@
-"""Error messages of the ``params.yaml`` validation (:mod:`greg_ood.config`): one line per problem naming the dotted
+"""Error messages of the ``params.yaml`` validation (:mod:`greg_ood.run.config`): one line per problem naming the dotted
 key, what was given and what is allowed, with the closest valid key for a typo (also one level deeper: a
 ``train.lambda_grad`` typo points at ``train.loss.lambda_grad``)."""
 from __future__ import annotations
@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+
+from ..archs import ARCHS
 
 
 def _check_names(what: str, given, allowed) -> None:
@@ -22,16 +24,7 @@ def _check_names(what: str, given, allowed) -> None:
 
 def _arch_option_names(arch: str) -> list[str]:
     """The keyword options an architecture's constructor takes (what ``arch_options.<arch>`` may set)."""
-    import inspect
-
-    from .models import REGISTRY
-
-    build = REGISTRY[arch]
-    if not isinstance(build, type):  # a factory function: the model class it constructs
-        build = next(build.__globals__[n] for n in build.__code__.co_names
-                     if isinstance(build.__globals__.get(n), type))
-    params = inspect.signature(build).parameters
-    return [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and n not in ("in_channels", "extra_outputs")]
+    return list(ARCHS[arch].options)
 
 
 def _format_errors(e: ValidationError, prefix: str, raw: Any, path: Path, root: Any) -> str:

@@ -1,7 +1,7 @@
 """Whether a training run may continue from its checkpoint, and which MLflow run it continues.
 
 A checkpoint records the *fingerprint* of the run that wrote it: the hash of the stage's validated params, of the code
-the stage runs (:func:`greg_ood.codedeps.fingerprint` of the stage script: the same files DVC lists as its deps) and of
+the stage runs (:func:`greg_ood.run.codedeps.fingerprint` of the stage script: the same files DVC lists as its deps) and of
 its input data (prepared datasets' manifests, the pretrained model, the selection indices). A run continues from the
 checkpoint only when the checkpoint verifies against its sha256 sidecar, is unfinished and has the same fingerprint;
 anything else starts over, and the log says which of params / code / data changed. So ``dvc repro -f`` (whose

@@ -12,7 +12,7 @@ datasets (OpenOOD's lists hold every image of them) and are reused; TIN, MNIST a
 image lists (:mod:`greg_ood.data.openood_lists`; one prepared split per benchmark). The ID test set is the suite's.
 
 This module only defines the sets (it is read by the params validation and the dvc.yaml generator);
-:mod:`greg_ood.openood_eval` computes the metrics and :mod:`greg_ood.report.openood_table` writes the table.
+:mod:`greg_ood.run.openood_eval` computes the metrics and :mod:`greg_ood.report.openood_table` writes the table.
 """
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import metrics as MT
-from . import scores as S
-from .data import iter_eval
+from .. import metrics as MT
+from .. import scores as S
+from ..data import iter_eval
 
 
 @torch.inference_mode()

@@ -1,7 +1,7 @@
 """Wiring shared by the stage scripts that compute with a model: params -> device, data splits, sources, models. No
-math here. The stage front (arguments, params validation, error handling, paths) is :mod:`greg_ood.stagecli`,
+math here. The stage front (arguments, params validation, error handling, paths) is :mod:`greg_ood.run.stagecli`,
 re-exported here for these stages; a stage without a model (download, report) imports that module alone, so its code
-deps (:mod:`greg_ood.codedeps`) stay free of this wiring."""
+deps (:mod:`greg_ood.run.codedeps`) stay free of this wiring."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from . import config as C
-from . import data as D
-from . import models, registry, runguard, tracking
+from .. import data as D
+from .. import models, registry
+from . import runguard, tracking
 from .io import sha256_of
 from .runtime import load_verified, load_weights, resolve_device, set_determinism
 from .stagecli import load_config, paths, run_stage, setup_logging, stage_cli

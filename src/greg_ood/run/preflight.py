@@ -158,7 +158,7 @@ def check_inputs(inputs: Iterable[tuple[Path, str]]) -> None:
 
 
 def check_mlflow(uri: Optional[str] = None) -> None:
-    """The MLflow store opens (:func:`greg_ood.tracking.make_client`; a server must answer) and, for the local
+    """The MLflow store opens (:func:`greg_ood.run.tracking.make_client`; a server must answer) and, for the local
     SQLite store, accepts a write (a write transaction is begun and rolled back)."""
     from . import tracking
 

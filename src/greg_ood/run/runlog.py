@@ -1,6 +1,6 @@
 """One training stage execution end to end (shared by the pretrain and train stages): decide whether the checkpoint
-may be continued (:mod:`greg_ood.resume`), open or continue the MLflow run, run the
-:class:`~greg_ood.trainer.Trainer`, keep the CSV curve and the MLflow metrics consistent with the checkpoint, and
+may be continued (:mod:`greg_ood.run.resume`), open or continue the MLflow run, run the
+:class:`~greg_ood.run.trainer.Trainer`, keep the CSV curve and the MLflow metrics consistent with the checkpoint, and
 write the final weights.
 
 Consistency under kills: every metric row goes into the checkpoint's own log (``extra["history"]``: all rows up to
@@ -8,7 +8,7 @@ the checkpoint's step) and is published (CSV next to the checkpoint, rewritten a
 batch) only right after a checkpoint is saved. A resumed run rebuilds both from the checkpoint's log, so it continues
 exactly where the weights stopped: no gaps, no duplicate steps, and no stop path (a NaN loss, an exception, a
 signal) loses a row the last good checkpoint covers. One process at a time trains a checkpoint
-(:func:`greg_ood.runguard.hold_run_lock`).
+(:func:`greg_ood.run.runguard.hold_run_lock`).
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """What every torch stage needs before and after its work, apart from training: the device, deterministic
 settings, and weight files (atomic save with a checksum, verified load with ``weights_only=True``, strict loading).
 
-Kept apart from :mod:`greg_ood.trainer` so that a stage that only loads a model (select, evaluate, certify) neither
-imports the training loop nor lists it among its code deps (:mod:`greg_ood.codedeps`).
+Kept apart from :mod:`greg_ood.run.trainer` so that a stage that only loads a model (select, evaluate, certify) neither
+imports the training loop nor lists it among its code deps (:mod:`greg_ood.run.codedeps`).
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def _deterministic_algorithms() -> None:
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """``torch.save`` through :func:`greg_ood.io.checked_open` (temporary file, fsync, rename, folder fsync), with
+    """``torch.save`` through :func:`greg_ood.run.io.checked_open` (temporary file, fsync, rename, folder fsync), with
     its sha256 recorded in the ``<name>.sha256`` sidecar."""
     with checked_open(path) as f:
         torch.save(obj, f)
@@ -69,7 +69,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 def load_verified(path: Path, map_location="cpu", *, required: bool = True, fix: str = "") -> dict:
     """:func:`load_checkpoint` after checking the file against its sha256 sidecar (:func:`save_atomic`).
 
-    Raises :class:`~greg_ood.runguard.IntegrityError` naming the file, what is wrong and ``fix`` when the checksum
+    Raises :class:`~greg_ood.run.runguard.IntegrityError` naming the file, what is wrong and ``fix`` when the checksum
     differs (or is missing while ``required``) or torch cannot read the file."""
     path = Path(path)
     problem = verify_checksum(path, required=required)

@@ -9,29 +9,29 @@ methods that the current stage does not run. Method names are checked against th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer,
                       model_validator)
 
-from . import registry
+from .. import archs, registry
 from .errors import UserError
 from .config_errors import _arch_option_names, _check_names, _format_errors, _has
-from .registry import TrainMethod
+from ..registry import check_trained
+from ..settings import LossCfg, PoemCfg, SamplingCfg, _Model
 
-ARCHS = ("small_cnn", "wrn40_2", "densenet100", "densenet101", "resnet18", "densenet121")
+#: a method name in params.yaml, checked against the registry when the params are validated (so a new entry is valid
+#: at once)
+TrainMethod = Annotated[str, AfterValidator(check_trained)]
+
+ARCHS = archs.NAMES
 SCORES = ("energy", "msp", "max_logit", "odin", "mahalanobis", "absent_class")
 SUITES = ("mini", "fmnist", "cifar10", "cifar100", "imagenet")
 
 
 class ConfigError(UserError, ValueError):
     """A problem in params.yaml (or a value derived from it); the message names the key and the fix."""
-
-
-class _Model(BaseModel):
-    #: strict: no silent coercion (``true`` is not the integer 1, ``"10"`` and ``10.0`` are not 10); finite floats only
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------------------- sections
@@ -76,65 +76,6 @@ class ScheduleCfg(_Model):
         if any(m <= 0 for m in v) or v != sorted(v):
             raise ValueError("must be positive epochs in increasing order")
         return v
-
-
-class LossCfg(_Model):
-    """The loss weights and margins, validated here once; the training step uses this object as it is."""
-
-    lambda_energy: float = Field(0.1, ge=0)
-    lambda_grad: float = Field(1.0, ge=0)
-    m_in: float = -25.0
-    m_out: float = -7.0
-    reduction: Literal["official", "per_sample"] = "official"
-    grad_space: Literal["normalized", "pixel"] = "normalized"
-    routing: Literal["joint", "split"] = "joint"
-    lambda_oe: float = Field(0.5, ge=0)
-    lambda_abs: float = Field(1.0, ge=0)
-
-    @model_validator(mode="after")
-    def _margins(self) -> "LossCfg":
-        if not self.m_in < self.m_out:
-            raise ValueError(f"m_in ({self.m_in}) must be < m_out ({self.m_out}): ID energies are pushed below m_in "
-                             "and outlier energies above m_out")
-        return self
-
-
-class SamplingCfg(_Model):
-    #: candidates scored per step: C = pool / |D_in| * B (the official rule) unless candidate_batch is set
-    pool: Union[Literal["all"], int] = "all"
-    candidate_batch: Optional[int] = Field(None, gt=0)
-    n_clusters: int = Field(64, gt=0)
-    start: int = Field(0, ge=0)
-    stop: Optional[int] = Field(None, gt=0)
-    normalization: Literal["norm", "normBatch", "normFeature", "latent"] = "norm"
-    n_init: int = Field(3, gt=0)
-    two_way: bool = True
-
-    @field_validator("pool")
-    @classmethod
-    def _pool(cls, v):
-        if isinstance(v, int) and v <= 0:
-            raise ValueError("must be 'all' or a positive integer")
-        return v
-
-    @model_validator(mode="after")
-    def _window(self) -> "SamplingCfg":
-        if self.stop is not None and self.stop <= self.start:
-            raise ValueError(f"stop ({self.stop}) must be > start ({self.start})")
-        return self
-
-
-class PoemCfg(_Model):
-    """POEM's Bayesian linear model and posterior sampling (defaults: the official code's ``train_poem.py``)."""
-
-    #: σ, the prior variance of the linear weights (``--sigma``)
-    prior_var: float = Field(20.0, gt=0)
-    #: σ_n, the noise variance of the regression targets (``--sigma_n``)
-    noise_var: float = Field(0.5, gt=0)
-    #: the regression target: -target for ID rows, +target for outliers (``--conf``)
-    target: float = Field(3.0, gt=0)
-    #: epochs of features the posterior is fitted on (``--BUF_SIZE``)
-    buffer_epochs: int = Field(4, gt=0)
 
 
 class TrainCfg(_Model):
@@ -209,7 +150,7 @@ class AuxRef(_Model):
     @field_validator("dataset")
     @classmethod
     def _aux_dataset(cls, v: str) -> str:
-        from .data.sources import DATASETS
+        from ..data.sources import DATASETS
 
         _check_names("unknown auxiliary dataset", [v], sorted(k for k, d in DATASETS.items() if "aux" in d.role))
         return v
@@ -372,7 +313,7 @@ class SuiteCfg(_Model):
         for sd in self.certify.seeds or []:
             if sd not in self.seeds:
                 raise ValueError(f"certify seed {sd} is not in seeds {self.seeds}")
-        from .openood import protocol_datasets
+        from ..data.openood import protocol_datasets
 
         try:
             protocol_datasets(self)
@@ -391,7 +332,7 @@ class Params(_Model):
     @field_validator("datasets")
     @classmethod
     def _datasets(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from .data.sources import DATASETS, option_defaults
+        from ..data.sources import DATASETS, option_defaults
 
         for name, opts in v.items():
             _check_names("unknown dataset", [name], sorted(DATASETS))
@@ -410,7 +351,7 @@ class Params(_Model):
     def _downloads_declared(self) -> "Params":
         """Every dataset a suite reads (ID, auxiliary pool, OOD sets, the extra protocols' sets) needs a download
         stage: a ``datasets`` entry (when ``datasets`` is given). Checked here, before any stage computes."""
-        from .openood import protocol_datasets
+        from ..data.openood import protocol_datasets
 
         for name, s in self.suites.items() if self.datasets else ():
             reads = [("data.id.dataset", s.data.id.dataset), ("data.aux.dataset", s.data.aux.dataset)]
@@ -427,7 +368,7 @@ def undeclared_dataset_message(key: str, dataset: str, declared) -> str:
     name for a typo, else how to declare it (only a dataset the data registry knows can be declared)."""
     import difflib
 
-    from .data.sources import DATASETS
+    from ..data.sources import DATASETS
 
     close = difflib.get_close_matches(dataset, list(declared), n=1, cutoff=0.6)
     if dataset in DATASETS:
@@ -495,7 +436,7 @@ class Config:
         """The key paths of ``suites.<suite>.train``, as params.yaml sets them, whose values reach ``method``'s
         settings: neither the method's defining settings (registry) nor ``method_params.<method>`` replace them, and
         for a point of the lambda ablation (``ablation``) they are not its own ``loss.lambda_grad``. What a train
-        stage of that method reads from ``train`` (its DVC params: :mod:`greg_ood.dvcgen`)."""
+        stage of that method reads from ``train`` (its DVC params: :mod:`greg_ood.run.dvcgen`)."""
         raw = self.raw["suites"][suite]
         override = (raw.get("method_params") or {}).get(method)
         return [p for p in registry.leaf_paths(raw.get("train"))

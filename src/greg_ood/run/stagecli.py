@@ -1,6 +1,6 @@
 """The front of every stage script: command-line arguments, logging, ``params.yaml`` validated before any compute,
 the repository's paths, and the end of a stage on a problem the user can fix (one sentence, exit status 2). Light on
-purpose: a stage that needs no model (download, report) imports this and not :mod:`greg_ood.pipeline`."""
+purpose: a stage that needs no model (download, report) imports this and not :mod:`greg_ood.run.pipeline`."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,8 @@ import traceback
 from typing import Callable, Optional
 
 from . import config as C
-from . import registry, runguard
+from .. import registry
+from . import runguard
 from .errors import UserError
 from .paths import Paths
 
@@ -66,7 +67,7 @@ def paths(cfg: C.Config) -> Paths:
 
 
 def run_stage(main: Callable[[], None], argv: Optional[list[str]] = None) -> None:
-    """Run a stage's ``main``. One rule: a :class:`~greg_ood.errors.UserError` (a problem the user can fix) ends it
+    """Run a stage's ``main``. One rule: a :class:`~greg_ood.run.errors.UserError` (a problem the user can fix) ends it
     with its message on stderr and exit status 2, the traceback only with ``-v``/``--verbose`` or
     ``GREG_OOD_VERBOSE=1``; any other exception is a bug and keeps its traceback. SIGTERM/SIGINT end it with
     ``128 + signum`` after its run was marked KILLED."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 PACKAGE = "greg_ood"
-PACKAGE_DIR = Path(__file__).resolve().parent          # .../src/greg_ood
+PACKAGE_DIR = Path(__file__).resolve().parent.parent   # .../src/greg_ood
 SRC_DIR = PACKAGE_DIR.parent                           # .../src
 
 
