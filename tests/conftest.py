@@ -1,4 +1,4 @@
-"""Fixtures shared by the data tests."""
+"""Fixtures shared by several test files."""
 from __future__ import annotations
 
 import pytest
@@ -14,3 +14,13 @@ def server(monkeypatch):
     s = FileServer()
     yield s
     s.close()
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    """A fresh MLflow SQLite store in a scratch working directory (``MLFLOW_TRACKING_URI`` points at it)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    return uri

@@ -11,15 +11,6 @@ from greg_ood.run.runinfo import RunInfo, summary_metrics
 KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
-@pytest.fixture()
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    return uri
-
-
 def test_fresh_and_existing_experiments_are_classic(store):
     from mlflow.tracking import MlflowClient
 

@@ -18,15 +18,6 @@ from greg_ood.run import tracking
 from greg_ood.run.runinfo import RunInfo
 
 
-@pytest.fixture()
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    return uri
-
-
 def _client(uri):
     from mlflow.tracking import MlflowClient
 
