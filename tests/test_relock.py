@@ -87,3 +87,10 @@ def test_changed_output_is_refused_unless_declared(toy):
     r = _relock(toy, "--converted", "*.csv")
     assert r.returncode == 0, r.stdout
     assert "out2.csv" not in json.dumps(_status(toy).get("two", []))
+
+
+def test_a_declared_param_change_is_admitted_and_printed(toy):
+    (toy / "params.yaml").write_text("a:\n  b: 1\n  c: 3\n")
+    r = _relock(toy, "--accept-param", "a.c")
+    assert r.returncode == 0, r.stdout
+    assert "param a.c: 2 -> 3 (admitted)" in r.stdout

@@ -12,7 +12,10 @@ than code changed:
   e.g. ``suites.mini.train.loss.lambda_grad`` instead of the whole ``suites.mini.train``, as long as the values
   agree);
 * an output must be absent from the workspace or have the recorded md5; ``--converted PATTERN`` (fnmatch) admits
-  outputs re-written by a declared format conversion (e.g. ``'metrics/*/train/*.train.csv'``).
+  outputs re-written by a declared format conversion (e.g. ``'metrics/*/train/*.train.csv'``);
+* ``--accept-param PATTERN`` (fnmatch on the key) admits a params value that changed in a way declared not to change
+  any result (e.g. a per-method value removed because the shared one it repeated now applies); each admitted change
+  is printed.
 
     python tools/relock.py report_fmnist --dry      # what would be re-recorded, and what is refused
     python tools/relock.py report_fmnist --converted 'metrics/fmnist/train/*.csv'
@@ -43,8 +46,10 @@ def _lookup(tree: dict, dotted: str) -> tuple[bool, Any]:
     return False, None
 
 
-def check_stage(stage, lock: Optional[dict], converted: list[str]) -> list[str]:
-    """Why ``stage`` may not be re-recorded (empty: it may). ``lock`` is its entry in its dvc.lock."""
+def check_stage(stage, lock: Optional[dict], converted: list[str], accepted: tuple[str, ...] = (),
+                notes: Optional[list[str]] = None) -> list[str]:
+    """Why ``stage`` may not be re-recorded (empty: it may). ``lock`` is its entry in its dvc.lock; admitted params
+    changes (``accepted`` patterns) are appended to ``notes``."""
     if lock is None:
         return ["no lock entry (the stage never ran)"]
     problems = []
@@ -56,6 +61,10 @@ def check_stage(stage, lock: Optional[dict], converted: list[str]) -> list[str]:
             recorded = lock.get("params", {}).get(dep.def_path, {})
             for key, value in dep.read_params().items():
                 found, old = _lookup(recorded, key)
+                if (not found or old != value) and any(fnmatch.fnmatch(key, a) for a in accepted):
+                    if notes is not None:
+                        notes.append(f"param {key}: {old!r} -> {value!r} (admitted)")
+                    continue
                 if not found or old != value:
                     problems.append(f"param {key} = {value!r} (recorded: {old!r})" if found
                                     else f"param {key} has no recorded value")
@@ -93,6 +102,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("target", help="a stage name; it and every stage upstream of it are considered")
     ap.add_argument("--converted", action="append", default=[], help="fnmatch pattern of converted outputs")
+    ap.add_argument("--accept-param", action="append", default=[], help="fnmatch pattern of params keys whose "
+                    "changed value is declared not to change results")
     ap.add_argument("--dry", action="store_true", help="print the verdicts, write nothing")
     args = ap.parse_args(argv)
 
@@ -109,12 +120,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             continue
         if not stage.changed_entries() and not any(not o.exists for o in stage.outs):
             continue
-        problems = check_stage(stage, _lock_entry(Path(repo.root_dir), stage), args.converted)
+        notes: list[str] = []
+        problems = check_stage(stage, _lock_entry(Path(repo.root_dir), stage), args.converted,
+                               tuple(args.accept_param), notes)
         if problems:
             refused += 1
             print(f"refused  {stage.addressing}: " + "; ".join(problems))
             continue
-        print(f"{'would re-record' if args.dry else 're-recorded'}  {stage.addressing}")
+        print(f"{'would re-record' if args.dry else 're-recorded'}  {stage.addressing}"
+              + "".join(f"\n    {n}" for n in notes))
         if not args.dry:
             with repo.lock:
                 # what `dvc commit --force` records, without the run cache (it needs every dependency present)
