@@ -89,12 +89,12 @@ def check_stage(stage, lock: Optional[dict], converted: list[str], accepted: tup
 
 
 def _lock_entry(repo_root: Path, stage) -> Optional[dict]:
-    import yaml
+    from dvc.utils.serialize import parse_yaml   # DVC's YAML 1.2 reading (1e-06 is a float, as DVC recorded it)
 
     lockfile = Path(stage.dvcfile.path).with_suffix(".lock")
     if not lockfile.exists():
         return None
-    data = yaml.safe_load(lockfile.read_text()) or {}
+    data = parse_yaml(lockfile.read_text(), str(lockfile)) or {}
     return data.get("stages", {}).get(stage.name)
 
 
