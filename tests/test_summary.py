@@ -90,12 +90,12 @@ def test_summary_of_the_committed_mini_report():
     text = SUM.summary_text("mini", REPO)
     lines = text.splitlines()
     assert lines[0] == "== mini: what the runs say =="
-    # C4 on the headline set: -3.78 [-7.42, -0.15], supported (reports/mini/claims.md)
+    # C4 on the headline set: -3.50 [-5.05, -1.95], supported (reports/mini/claims.md)
     c4 = lines.index("  C4 Energy-based sampling (GReg+) lowers FPR95 vs GReg (Δ = GReg+ − GReg, Small CNN)")
-    assert re.fullmatch(r" +FPR95, Fashion-MNIST 6–9 +-3\.78 \[-7\.42, -0\.15\] +supported", lines[c4 + 1])
+    assert re.fullmatch(r" +FPR95, Fashion-MNIST 6–9 +-3\.50 \[-5\.05, -1\.95\] +supported", lines[c4 + 1])
     assert sum(bool(re.search(r"(supported|contradicted|inconclusive)$", x)) for x in lines) == 17
     energy = next(x for x in lines if re.match(r" +Small CNN +Energy ", x))
-    assert energy.split()[3:] == ["3", "59.25", "±", "1.04", "82.41", "±", "0.78", "88.66", "±", "0.44"]
+    assert energy.split()[3:] == ["3", "60.71", "±", "0.73", "81.85", "±", "0.85", "88.59", "±", "0.46"]
     assert "on Fashion-MNIST 6–9 (headline)" in text
     for where in ("reports/mini/summary.md", "reports/mini/figures/", "make plots SUITE=mini", "make mlflow-ui",
                   "experiment greg-ood/mini"):
