@@ -295,7 +295,7 @@ def test_queued_sweep_runs_in_parallel_and_builds_ablation_across_experiments(re
     dvc = str(BIN / "dvc")
     _sh(["git", "add", "-A"], d, env)
     _sh(["git", "commit", "-qm", "before sweep"], d, env, check=False)
-    _sh([dvc, "exp", "run", "--queue", "-S", "+suites.mini.method_params.greg.loss.lambda_grad=0.5,2",
+    _sh([dvc, "exp", "run", "--queue", "-S", "++suites.mini.method_params.greg.loss.lambda_grad=0.5,2",
          "report_mini"], d, env)
     _sh([dvc, "queue", "start", "-j", "2"], d, env)
     deadline = time.time() + 1500
